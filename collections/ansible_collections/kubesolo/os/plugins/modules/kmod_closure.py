@@ -1,0 +1,616 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# MIT License (see LICENSE or https://opensource.org/licenses/MIT)
+# Ansible's module layout (coding line, documentation strings before the imports) needs these.
+# ruff: noqa: E402, UP009
+
+from __future__ import absolute_import, annotations, division, print_function  # noqa: UP010
+
+__metaclass__ = type  # noqa: UP001
+
+DOCUMENTATION = r"""
+---
+module: kmod_closure
+short_description: Copy a kernel module set, closed over its dependencies, into an image tree
+version_added: "0.1.0"
+description:
+  - Resolves kernel module names (or aliases such as C(crypto-crc32c)) against an extracted kernel package,
+    closes the set over C(modules.dep) B(and) C(modules.softdep) (C(pre:) and C(post:) soft dependencies,
+    which C(modprobe) loads too; for example C(libcrc32c) needs C(crc32c) first), and copies the module
+    files to the same relative paths under O(dest)C(/lib/modules/<release>/).
+  - A name listed in C(modules.builtin) (or a built-in module's alias) is reported in RV(builtin) instead of
+    failing. A name that is neither a module, an alias nor built in fails the task, naming it, unless it is
+    listed in O(optional).
+  - The module owns every file below the sub-directories of O(dest)C(/lib/modules/<release>/) (normally
+    just C(kernel/)); files there that are not part of the set are removed, and so are directories left empty.
+  - The kernel's C(modules.builtin) and C(modules.builtin.modinfo) are copied next to them and
+    C(modules.order) is copied reduced to the set, so that C(depmod) and C(modprobe) in the image know the
+    built-in modules. Then C(depmod -b dest <release>) regenerates the index when anything changed.
+  - Debian kernel packages do not ship C(modules.dep) (their postinst generates it). When the source has no
+    C(modules.dep), the module generates the index in a scratch directory (the source is not modified).
+  - C(depmod) always runs with an empty configuration directory, so the build host's C(/etc/depmod.d)
+    cannot change the result.
+author:
+  - KubeSolo OS developers
+options:
+  root:
+    description:
+      - Root of an extracted kernel package; it contains C(lib/modules/<release>/) (or C(usr/lib/modules/<release>/)).
+    type: path
+    required: true
+  release:
+    description:
+      - Kernel release (the C(uname -r) string, for example C(6.1.0-56-amd64)).
+      - May be omitted when exactly one release exists under O(root).
+    type: str
+  modules:
+    description:
+      - Module names or aliases to include. C(-) and C(_) are equivalent, as for C(modprobe).
+    type: list
+    elements: str
+    default: []
+  optional:
+    description:
+      - Names that may be missing from this kernel without failing the task.
+      - They are requested too (they need not be repeated in O(modules)); any that exist are included.
+    type: list
+    elements: str
+    default: []
+  dest:
+    description:
+      - Root of the image tree; modules go to C(<dest>/lib/modules/<release>/).
+    type: path
+    required: true
+  depmod:
+    description:
+      - Run C(depmod -b <dest> <release>) when the set changed (or its index is missing).
+    type: bool
+    default: true
+notes:
+  - Modules are copied with mode C(0644), keeping their modification time; directories get mode C(0755).
+  - Soft dependencies that this kernel cannot satisfy are skipped, as C(modprobe) does, and reported in
+    RV(softdeps_unresolved).
+requirements:
+  - C(depmod) from kmod on the build host (unless O(depmod=false) and the source ships C(modules.dep)).
+attributes:
+  check_mode:
+    support: full
+    description: Computes the set and the changes without writing anything.
+  diff_mode:
+    support: full
+    description: Lists the modules added and removed.
+"""
+
+EXAMPLES = r"""
+- name: Copy the Kubernetes module set into the modules layer
+  kubesolo.os.kmod_closure:
+    root: build/cache/pkgroot/linux-image-6.1.0-56-amd64_6.1.192-2
+    modules:
+      - br_netfilter
+      - overlay
+      - nf_conntrack
+      - crypto-crc32c
+    optional:
+      - ip_vs_sh
+    dest: build/layers/modules
+  register: kmods
+
+- name: Show what the set holds
+  ansible.builtin.debug:
+    msg: "{{ kmods.files }} modules, {{ kmods.size }} bytes for {{ kmods.release }}"
+"""
+
+RETURN = r"""
+release:
+  description: Kernel release the set was built for.
+  returned: always
+  type: str
+  sample: 6.1.0-56-amd64
+modules:
+  description: Sorted names of every module in the closed set (module names, with C(_)).
+  returned: always
+  type: list
+  elements: str
+  sample: [bridge, br_netfilter, crc32c_generic, crc32c_intel, libcrc32c, llc, nf_conntrack, stp]
+builtin:
+  description: Requested names (as given) that are built into the kernel.
+  returned: always
+  type: list
+  elements: str
+  sample: [crc32]
+missing:
+  description: Names from O(optional) that this kernel does not have at all.
+  returned: always
+  type: list
+  elements: str
+  sample: [ip_vs_sh]
+softdeps_unresolved:
+  description: Soft dependencies of modules in the set that name nothing in this kernel (skipped).
+  returned: always
+  type: list
+  elements: str
+  sample: ["platform:idma64"]
+files:
+  description: Number of module files in the set.
+  returned: always
+  type: int
+  sample: 18
+size:
+  description: Total size in bytes of the module files (uncompressed on disk).
+  returned: always
+  type: int
+  sample: 2530000
+added:
+  description: Relative paths (below C(lib/modules/<release>/)) of module files that were (or would be) added.
+  returned: always
+  type: list
+  elements: str
+  sample: [kernel/net/bridge/bridge.ko]
+removed:
+  description: Relative paths of files that were (or would be) removed from the managed tree.
+  returned: always
+  type: list
+  elements: str
+  sample: [kernel/drivers/net/dummy.ko]
+updated:
+  description: Relative paths of module files whose content was (or would be) replaced.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+depmod_changed:
+  description: Whether C(depmod) ran and its output (or the copied built-in lists) differ from before.
+  returned: always
+  type: bool
+  sample: true
+"""
+
+import filecmp
+import fnmatch
+import hashlib
+import os
+import shutil
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+MODULE_DIRS = ("lib/modules", "usr/lib/modules")
+COPIED_META = ("modules.builtin", "modules.builtin.modinfo")
+DEPMOD_EXTRA_DIRS = ["/usr/sbin", "/sbin"]
+
+
+def normalize(name: str) -> str:
+    """Module name as kmod compares it: '-' and '_' are the same (outside [] ranges)."""
+    out = []
+    in_brackets = False
+    for ch in name:
+        if ch == "[":
+            in_brackets = True
+        elif ch == "]":
+            in_brackets = False
+        out.append("_" if ch == "-" and not in_brackets else ch)
+    return "".join(out)
+
+
+def name_of_path(relpath: str) -> str:
+    """Module name of a module file path: basename without .ko(.xz|.zst|.gz), normalized."""
+    base = os.path.basename(relpath)
+    idx = base.find(".ko")
+    if idx > 0:
+        base = base[:idx]
+    return normalize(base)
+
+
+class KmodIndex:
+    """What kmod knows about one kernel: module files, dependencies, soft dependencies, aliases, built-ins."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, str] = {}  # module name -> path relative to the module directory
+        self.deps: dict[str, list[str]] = {}  # module name -> module names (from modules.dep)
+        self.softdeps: dict[str, list[str]] = {}  # module name -> names/aliases (pre: and post:)
+        self.aliases: dict[str, set[str]] = {}  # normalized alias without wildcards -> module names
+        # (literal prefix, normalized pattern with wildcards, module name)
+        self.alias_patterns: list[tuple[str, str, str]] = []
+        self.builtin: set[str] = set()
+        self.builtin_aliases: dict[str, set[str]] = {}
+
+    @classmethod
+    def load(cls, moddir: str) -> KmodIndex:
+        index = cls()
+        with open(os.path.join(moddir, "modules.dep"), encoding="utf-8") as fh:
+            for line in fh:
+                if ":" not in line:
+                    continue
+                path, _, rest = line.partition(":")
+                path = path.strip()
+                name = name_of_path(path)
+                index.paths[name] = path
+                index.deps[name] = [name_of_path(dep) for dep in rest.split()]
+        index._load_softdeps(os.path.join(moddir, "modules.softdep"))
+        index._load_aliases(os.path.join(moddir, "modules.alias"))
+        index._load_builtin(moddir)
+        return index
+
+    def _load_softdeps(self, path: str) -> None:
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                words = line.split()
+                if len(words) < 3 or words[0] != "softdep":
+                    continue
+                # As libkmod does: only words after "pre:" or "post:" count.
+                mode = None
+                targets = self.softdeps.setdefault(normalize(words[1]), [])
+                for word in words[2:]:
+                    if word in ("pre:", "post:"):
+                        mode = word
+                    elif mode is not None and word not in targets:
+                        targets.append(word)
+
+    def _load_aliases(self, path: str) -> None:
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                words = line.split()
+                if len(words) != 3 or words[0] != "alias":
+                    continue
+                pattern, modname = normalize(words[1]), normalize(words[2])
+                wild = min((pattern.find(ch) for ch in "*?[" if ch in pattern), default=-1)
+                if wild >= 0:
+                    self.alias_patterns.append((pattern[:wild], pattern, modname))
+                else:
+                    self.aliases.setdefault(pattern, set()).add(modname)
+
+    def _load_builtin(self, moddir: str) -> None:
+        path = os.path.join(moddir, "modules.builtin")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                self.builtin.update(name_of_path(line.strip()) for line in fh if line.strip())
+        path = os.path.join(moddir, "modules.builtin.modinfo")
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                entries = fh.read().split(b"\0")
+            for raw in entries:
+                entry = raw.decode("utf-8", "replace")
+                modname, dot, rest = entry.partition(".")
+                if not dot or "=" not in rest:
+                    continue
+                key, _, value = rest.partition("=")
+                modname = normalize(modname)
+                self.builtin.add(modname)
+                if key == "alias":
+                    self.builtin_aliases.setdefault(normalize(value), set()).add(modname)
+
+    def resolve(self, name: str) -> tuple[str, set[str]]:
+        """Look a name up as modprobe does: module, built-in, alias, built-in alias.
+
+        Returns (kind, module names) with kind one of module, builtin, alias, none.
+        """
+        norm = normalize(name)
+        if norm in self.paths:
+            return "module", {norm}
+        if norm in self.builtin:
+            return "builtin", set()
+        found = set(self.aliases.get(norm, ()))
+        found.update(
+            mod
+            for prefix, pattern, mod in self.alias_patterns
+            if norm.startswith(prefix) and fnmatch.fnmatchcase(norm, pattern)
+        )
+        # An alias may name a module that is built in; only files count here.
+        files = {mod for mod in found if mod in self.paths}
+        if files:
+            return "alias", files
+        if found & self.builtin or norm in self.builtin_aliases:
+            return "builtin", set()
+        return "none", set()
+
+    def closure(self, names: set[str]) -> tuple[set[str], set[str]]:
+        """Close module names over modules.dep and modules.softdep; return (set, unresolved softdeps)."""
+        result: set[str] = set()
+        unresolved: set[str] = set()
+        todo = sorted(names)
+        while todo:
+            name = todo.pop()
+            if name in result:
+                continue
+            result.add(name)
+            nxt = [dep for dep in self.deps.get(name, []) if dep in self.paths]
+            for soft in self.softdeps.get(name, []):
+                kind, mods = self.resolve(soft)
+                if kind == "none":
+                    unresolved.add(soft)
+                nxt.extend(mods)
+            todo.extend(mod for mod in nxt if mod not in result)
+        return result, unresolved
+
+
+def find_release(module: AnsibleModule, root: str, release: str | None) -> tuple[str, str]:
+    """Return (release, source module directory)."""
+    if release:
+        for sub in MODULE_DIRS:
+            candidate = os.path.join(root, sub, release)
+            if os.path.isdir(candidate):
+                return release, candidate
+        module.fail_json(msg=f"No modules for release {release} under {root} (looked in {', '.join(MODULE_DIRS)})")
+    found: dict[str, str] = {}
+    for sub in MODULE_DIRS:
+        base = os.path.join(root, sub)
+        if os.path.isdir(base) and not os.path.islink(base):
+            for entry in sorted(os.listdir(base)):
+                if os.path.isdir(os.path.join(base, entry)):
+                    found.setdefault(entry, os.path.join(base, entry))
+    if len(found) != 1:
+        module.fail_json(
+            msg=f"Cannot pick the kernel release under {root}: found {sorted(found) or 'none'}; set release",
+        )
+    rel = next(iter(found))
+    return rel, found[rel]
+
+
+def depmod_path(module: AnsibleModule) -> str:
+    return module.get_bin_path("depmod", required=True, opt_dirs=DEPMOD_EXTRA_DIRS)
+
+
+def run_depmod(module: AnsibleModule, base: str, release: str) -> None:
+    emptycfg = tempfile.mkdtemp(prefix="depmod.d-", dir=module.tmpdir)
+    try:
+        cmd = [depmod_path(module), "-b", base, "-C", emptycfg, release]
+        rc, out, err = module.run_command(cmd)
+        if rc != 0:
+            module.fail_json(msg=f"depmod failed (rc={rc}): {err.strip() or out.strip()}", cmd=cmd)
+    finally:
+        shutil.rmtree(emptycfg, ignore_errors=True)
+
+
+def load_source_index(module: AnsibleModule, srcdir: str, release: str) -> KmodIndex:
+    """Index of the source kernel; generated by depmod in a scratch tree when the package has none."""
+    if os.path.exists(os.path.join(srcdir, "modules.dep")):
+        return KmodIndex.load(srcdir)
+    scratch = tempfile.mkdtemp(prefix="kmod-index-", dir=module.tmpdir)
+    try:
+        moddir = os.path.join(scratch, "lib", "modules", release)
+        os.makedirs(moddir)
+        for entry in os.listdir(srcdir):
+            src = os.path.join(srcdir, entry)
+            if os.path.isdir(src) or entry in (*COPIED_META, "modules.order"):
+                os.symlink(os.path.realpath(src), os.path.join(moddir, entry))
+        run_depmod(module, scratch, release)
+        return KmodIndex.load(moddir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def managed_files(destdir: str) -> tuple[set[str], set[str]]:
+    """Files (and symlinks) and directories below the sub-directories of destdir, relative to it."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    if not os.path.isdir(destdir):
+        return files, dirs
+    for entry in os.listdir(destdir):
+        top = os.path.join(destdir, entry)
+        if os.path.islink(top) or not os.path.isdir(top):
+            continue
+        dirs.add(entry)
+        for dirpath, dirnames, filenames in os.walk(top):
+            rel = os.path.relpath(dirpath, destdir)
+            for dirname in dirnames:
+                full = os.path.join(dirpath, dirname)
+                # A symlink to a directory is not descended into: treat it as a file to remove.
+                (files if os.path.islink(full) else dirs).add(os.path.join(rel, dirname))
+            files.update(os.path.join(rel, filename) for filename in filenames)
+    return files, dirs
+
+
+def same_file(src: str, dst: str) -> bool:
+    if os.path.islink(dst) or not os.path.isfile(dst):
+        return False
+    return filecmp.cmp(src, dst, shallow=False)
+
+
+def read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def desired_meta(srcdir: str, relpaths: set[str]) -> dict[str, bytes]:
+    """Contents of the non-generated index files: built-in lists as is, modules.order reduced to the set."""
+    meta: dict[str, bytes] = {}
+    for name in COPIED_META:
+        data = read_bytes(os.path.join(srcdir, name))
+        if data is not None:
+            meta[name] = data
+    order = read_bytes(os.path.join(srcdir, "modules.order"))
+    if order is not None:
+        lines = order.decode("utf-8").splitlines()
+        kept = [line for line in lines if line.strip() in relpaths]
+        meta["modules.order"] = "".join(line + "\n" for line in kept).encode("utf-8")
+    return meta
+
+
+def makedirs(path: str) -> None:
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory)
+        os.chmod(directory, 0o755)
+
+
+def write_atomic(path: str, data: bytes | None = None, src: str | None = None) -> None:
+    directory = os.path.dirname(path)
+    makedirs(directory)
+    fd, tmp = tempfile.mkstemp(prefix=".kmod-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if src is not None:
+                with open(src, "rb") as sfh:
+                    shutil.copyfileobj(sfh, fh)
+            elif data is not None:
+                fh.write(data)
+        os.chmod(tmp, 0o644)
+        if src is not None:
+            st = os.stat(src)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def snapshot(destdir: str) -> dict[str, str]:
+    """sha256 of every top-level file of the module directory (the index files)."""
+    result: dict[str, str] = {}
+    if not os.path.isdir(destdir):
+        return result
+    for entry in sorted(os.listdir(destdir)):
+        path = os.path.join(destdir, entry)
+        if os.path.isfile(path) and not os.path.islink(path):
+            with open(path, "rb") as fh:
+                result[entry] = hashlib.sha256(fh.read()).hexdigest()
+    return result
+
+
+def run_module() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "root": {"type": "path", "required": True},
+            "release": {"type": "str"},
+            "modules": {"type": "list", "elements": "str", "default": []},
+            "optional": {"type": "list", "elements": "str", "default": []},
+            "dest": {"type": "path", "required": True},
+            "depmod": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    root = os.path.abspath(params["root"])
+    dest = os.path.abspath(params["dest"])
+    if not os.path.isdir(root):
+        module.fail_json(msg=f"root {root} is not a directory")
+
+    release, srcdir = find_release(module, root, params["release"])
+    index = load_source_index(module, srcdir, release)
+
+    # Resolve the requested names.
+    optional = {normalize(name) for name in params["optional"]}
+    requested: list[str] = []
+    for name in [*params["modules"], *params["optional"]]:
+        if name not in requested:
+            requested.append(name)
+    wanted: set[str] = set()
+    builtin: list[str] = []
+    missing: list[str] = []
+    unknown: list[str] = []
+    for name in requested:
+        kind, mods = index.resolve(name)
+        if kind == "builtin":
+            builtin.append(name)
+        elif kind == "none":
+            (missing if normalize(name) in optional else unknown).append(name)
+        wanted.update(mods)
+    if unknown:
+        module.fail_json(
+            msg=(
+                f"Unknown kernel module(s) for {release}: {', '.join(sorted(unknown))} "
+                "(neither a module, an alias nor built in; list them in optional to allow this)"
+            ),
+            release=release,
+            unknown=sorted(unknown),
+        )
+
+    closed, unresolved = index.closure(wanted)
+    relpaths = {index.paths[name]: name for name in closed}
+
+    # Compare with the destination.
+    destdir = os.path.join(dest, "lib", "modules", release)
+    existing, existing_dirs = managed_files(destdir)
+    added = sorted(rel for rel in relpaths if rel not in existing)
+    updated = sorted(
+        rel
+        for rel in relpaths
+        if rel in existing and not same_file(os.path.join(srcdir, rel), os.path.join(destdir, rel))
+    )
+    removed = sorted(existing - set(relpaths))
+    # Directories that would be left empty (or are empty already).
+    needed_dirs = set()
+    for rel in relpaths:
+        parent = os.path.dirname(rel)
+        while parent:
+            needed_dirs.add(parent)
+            parent = os.path.dirname(parent)
+    stale_dirs = sorted(existing_dirs - needed_dirs, key=lambda d: d.count(os.sep), reverse=True)
+
+    meta = desired_meta(srcdir, set(relpaths))
+    meta_changed = sorted(name for name, data in meta.items() if read_bytes(os.path.join(destdir, name)) != data)
+    files_changed = bool(added or updated or removed or stale_dirs)
+    need_depmod = params["depmod"] and (
+        files_changed or meta_changed or not os.path.exists(os.path.join(destdir, "modules.dep"))
+    )
+
+    size = sum(os.path.getsize(os.path.join(srcdir, rel)) for rel in relpaths)
+    before_names = sorted({name_of_path(rel) for rel in existing if ".ko" in os.path.basename(rel)})
+    result = {
+        "changed": files_changed or bool(meta_changed) or bool(need_depmod),
+        "release": release,
+        "modules": sorted(closed),
+        "builtin": sorted(builtin),
+        "missing": sorted(missing),
+        "softdeps_unresolved": sorted(unresolved),
+        "files": len(relpaths),
+        "size": size,
+        "added": added,
+        "removed": removed,
+        "updated": updated,
+        "depmod_changed": bool(meta_changed) or bool(need_depmod),
+        "diff": {
+            "before_header": f"{destdir} (modules)",
+            "after_header": f"{destdir} (modules)",
+            "before": "".join(f"{name}\n" for name in before_names),
+            "after": "".join(f"{name}\n" for name in sorted(closed)),
+        },
+    }
+    if module.check_mode:
+        module.exit_json(**result)
+
+    # Apply.
+    for rel in removed:
+        path = os.path.join(destdir, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    for rel in stale_dirs:
+        path = os.path.join(destdir, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+    for rel in [*added, *updated]:
+        write_atomic(os.path.join(destdir, rel), src=os.path.join(srcdir, rel))
+    makedirs(destdir)
+    for name in meta_changed:
+        write_atomic(os.path.join(destdir, name), data=meta[name])
+
+    if need_depmod:
+        before = snapshot(destdir)
+        run_depmod(module, dest, release)
+        after = snapshot(destdir)
+        result["depmod_changed"] = bool(meta_changed) or before != after
+    result["changed"] = files_changed or result["depmod_changed"]
+    module.exit_json(**result)
+
+
+def main() -> None:
+    run_module()
+
+
+if __name__ == "__main__":
+    main()

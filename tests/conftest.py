@@ -1,0 +1,100 @@
+"""Shared fixtures: the repository, its tools, and the image built once for the whole session."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+BUILD_VARS = REPO / "tests" / "build-vars.yml"
+ARTIFACTS = REPO / "build" / "test-artifacts"
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for the project's tools: the venv first on PATH, the repo's ansible.cfg."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}:/usr/sbin:/sbin:{env.get('PATH', '')}"
+    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    env.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    return env
+
+
+def run(cmd: list[str], *, timeout: float, cwd: Path = REPO, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure the assertion shows the end of its output."""
+    result = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        output = (result.stdout + result.stderr)[-6000:]
+        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}:\n{output}", pytrace=False)
+    return result
+
+
+def role_defaults(role: str) -> dict:
+    return yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+
+
+@dataclass
+class PlaybookRun:
+    result: subprocess.CompletedProcess[str]
+    seconds: float
+
+    @property
+    def recap(self) -> dict[str, int]:
+        """Totals of the PLAY RECAP line (ok, changed, failed, ...)."""
+        totals: dict[str, int] = {}
+        for line in self.result.stdout.splitlines():
+            if re.match(r"^\S+\s+: ok=", line):
+                for key, value in re.findall(r"(\w+)=(\d+)", line):
+                    totals[key] = totals.get(key, 0) + int(value)
+        return totals
+
+    def changed_tasks(self) -> list[str]:
+        """Names of the tasks that reported a change (for a readable assertion message)."""
+        names, current = [], ""
+        for line in self.result.stdout.splitlines():
+            if line.startswith("TASK ["):
+                current = line
+            elif line.startswith("changed:"):
+                names.append(current)
+        return names
+
+
+def ansible_playbook(playbook: str, *extra: str, timeout: float = 1800, check: bool = True) -> PlaybookRun:
+    started = time.monotonic()
+    result = run([str(VENV_BIN / "ansible-playbook"), playbook, *extra], timeout=timeout, check=check)
+    return PlaybookRun(result, time.monotonic() - started)
+
+
+@dataclass
+class BuiltImage:
+    output: Path
+    first_run: PlaybookRun
+
+    @property
+    def iso(self) -> Path:
+        return next(self.output.glob("kubesolo-os-*-amd64.iso"))
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.output / "vmlinuz"
+
+    @property
+    def initramfs(self) -> Path:
+        return self.output / "initramfs"
+
+
+@pytest.fixture(scope="session")
+def built_image() -> BuiltImage:
+    """The image every boot test uses, built once with the kubesolo test double."""
+    first = ansible_playbook("build.yml", "-e", f"@{BUILD_VARS}")
+    output = REPO / "build" / "test" / "output"
+    return BuiltImage(output=output, first_run=first)

@@ -1,0 +1,96 @@
+"""The build pipeline: outputs, manifest, idempotence, reproducibility and input errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+
+import pytest
+from conftest import BUILD_VARS, REPO, ansible_playbook, role_defaults
+
+pytestmark = pytest.mark.slow
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_outputs_exist_and_match_sha256sums(built_image):
+    sums = (built_image.output / "SHA256SUMS").read_text().splitlines()
+    listed = dict(reversed(line.split("  ", 1)) for line in sums)
+    assert set(listed) == {built_image.iso.name, "vmlinuz", "initramfs"}
+    for name, digest in listed.items():
+        assert sha256(built_image.output / name) == digest, name
+
+
+def test_manifest_records_every_input(built_image):
+    manifest = json.loads((built_image.output / "manifest.json").read_text())
+    assert manifest["image"]["version"] == role_defaults("kubesolo_os")["kubesolo_os_version"]
+    assert manifest["kernel"]["package"].startswith("linux-image-")
+    assert manifest["kernel"]["release"].endswith("-amd64")
+    assert manifest["kubesolo"]["verification"] == "local-source"
+    assert len(manifest["kubesolo"]["sha256"]) == 64
+    assert manifest["initramfs"]["compression"] == role_defaults("initramfs")["initramfs_compression"]
+    assert [layer["name"] for layer in manifest["initramfs"]["layers"]] == role_defaults("initramfs")[
+        "initramfs_layers_order"]
+    names = {pkg["name"] for pkg in manifest["debian_packages"]}
+    assert {"busybox-static", "isolinux", manifest["kernel"]["package"]} <= names
+    assert all(pkg["version"] for pkg in manifest["debian_packages"])
+    assert manifest["source_date_epoch"] > 0
+    assert str(REPO) not in json.dumps(manifest), "the manifest must not leak build-host paths"
+
+
+def test_iso_menu_has_every_boot_entry(built_image):
+    """The isolinux menu inside the ISO is generated from iso_boot_entries."""
+    cfg = subprocess.run(
+        ["xorriso", "-indev", str(built_image.iso), "-osirrox", "on", "-extract", "/isolinux/isolinux.cfg", "/dev/stdout"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    defaults = role_defaults("iso")
+    for entry in defaults["iso_boot_entries"]:
+        assert f"label {entry['label']}" in cfg
+    assert f"default {defaults['iso_default_entry']}" in cfg
+    assert f"timeout {defaults['iso_timeout_seconds'] * 10}" in cfg
+    append_lines = [line for line in cfg.splitlines() if line.strip().startswith("append ")]
+    assert len(append_lines) == len(defaults["iso_boot_entries"])
+    for line in append_lines:
+        assert "kubesolo.data=LABEL=KSOLODATA" in line
+        assert "console=ttyS0,115200n8" in line and "console=tty0" in line
+
+
+def test_iso_is_hybrid(built_image):
+    """The ISO carries an MBR boot signature so it can be written to a USB stick as is."""
+    with open(built_image.iso, "rb") as handle:
+        mbr = handle.read(512)
+    assert mbr[510:512] == b"\x55\xaa"
+
+
+def test_rebuild_with_nothing_changed_reports_no_changes(built_image):
+    rerun = ansible_playbook("build.yml", "-e", f"@{BUILD_VARS}")
+    assert rerun.recap.get("changed", -1) == 0, rerun.changed_tasks()
+
+
+def test_two_builds_give_a_byte_identical_iso(built_image, tmp_path_factory):
+    """A second build in another build tree, from the same inputs, gives the same bytes."""
+    other = REPO / "build" / "test-repro"
+    ansible_playbook(
+        "build.yml", "-e", f"@{BUILD_VARS}",
+        "-e", f"kubesolo_os_build_dir={other}", "-e", f"kubesolo_os_output_dir={other}/output",
+    )
+    iso_name = built_image.iso.name
+    assert sha256(other / "output" / iso_name) == sha256(built_image.iso)
+    assert sha256(other / "output" / "initramfs") == sha256(built_image.initramfs)
+
+
+def test_missing_kubesolo_source_fails_naming_the_variable(built_image):
+    run = ansible_playbook(
+        "build.yml", "-e", f"@{BUILD_VARS}", "-e", "kubesolo_binary_src=/nonexistent/kubesolo",
+        "--tags", "kubesolo", check=False,
+    )
+    assert run.result.returncode != 0
+    assert "kubesolo_binary_src" in run.result.stdout
