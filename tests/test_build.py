@@ -48,7 +48,8 @@ def test_manifest_records_every_input(built_image):
 def test_iso_menu_has_every_boot_entry(built_image):
     """The isolinux menu inside the ISO is generated from iso_boot_entries."""
     cfg = subprocess.run(
-        ["xorriso", "-indev", str(built_image.iso), "-osirrox", "on", "-extract", "/isolinux/isolinux.cfg", "/dev/stdout"],
+        ["xorriso", "-indev", str(built_image.iso), "-osirrox", "on",
+         "-extract", "/isolinux/isolinux.cfg", "/dev/stdout"],
         capture_output=True, text=True, check=True,
     ).stdout
     defaults = role_defaults("iso")

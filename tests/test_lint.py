@@ -19,5 +19,9 @@ def test_ruff():
 def test_shell_scripts_are_shellcheck_clean():
     """Shell shipped as plain files (not templates): repo scripts and the test double."""
     assert shutil.which("shellcheck"), "shellcheck is installed by make deps (requirements-apt.txt)"
-    scripts = [REPO / "tests" / "fixtures" / "kubesolo-test-double", REPO / "scripts" / "bootstrap.sh", REPO / ".ci" / "run"]
+    scripts = [
+        REPO / "tests" / "fixtures" / "kubesolo-test-double",
+        REPO / "scripts" / "bootstrap.sh",
+        REPO / ".ci" / "run",
+    ]
     run(["shellcheck", *map(str, scripts)], timeout=120)

@@ -2,7 +2,6 @@
 # -*- coding: utf-8 -*-
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 # Ansible module boilerplate: coding line, __future__ imports and __metaclass__, imports after the docs.
-# ruff: noqa: E402, UP001, UP009, UP010
 
 from __future__ import absolute_import, annotations, division, print_function
 
@@ -28,7 +27,7 @@ description:
   - O(dest) is replaced atomically (temporary file in the same directory, then rename) and only when the new
     bytes differ from the existing file (compared by SHA-256).
 author:
-  - KubeSolo OS developers
+  - KubeSolo OS developers (@kubesolo-os)
 options:
   src:
     description:
@@ -43,7 +42,6 @@ options:
       - Missing parent directories of extra entries are added as directories with mode C(0755), owner C(0).
     type: list
     elements: dict
-    default: []
     suboptions:
       name:
         description:
@@ -137,7 +135,7 @@ options:
     choices: [fail, skip]
     default: fail
 notes:
-  - Limits of the format, checked before anything is written: a name with its NUL must fit in 4096 bytes (the
+  - Limits of the format, checked before anything is written. A name with its NUL must fit in 4096 bytes (the
     kernel silently skips longer ones), a file must be smaller than 4 GiB (32-bit size field), and times must fit
     in 32 bits.
   - Compression runs C(zstd -q -T0 -LEVEL) (its output does not depend on the thread count), C(gzip -n -LEVEL),
@@ -146,9 +144,11 @@ notes:
     later one overlays an earlier one.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The archive is built in a temporary directory to learn whether O(dest) would change.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: partial
     details: Shows the SHA-256 and size before and after, and the entry count after, not the archive contents.
 """
@@ -456,7 +456,7 @@ def entry_from_spec(spec: Mapping[str, Any], clamp: int | None) -> Entry:
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
             entry = Entry(name, stat.S_IFREG | DEFAULT_MODES["file"], mtime=fixed_mtime, size=len(data), data=data)
         else:
-            path = os.fsencode(src)
+            path = os.path.realpath(os.fsencode(src))  # a link is followed here; the data is read without following
             try:
                 st = os.stat(path)
             except OSError as exc:
@@ -735,7 +735,6 @@ def run_module() -> None:
             "entries": {
                 "type": "list",
                 "elements": "dict",
-                "default": [],
                 "options": entry_spec,
                 "mutually_exclusive": [["src", "content"]],
                 "required_if": [

@@ -3,7 +3,6 @@
 # Copyright: KubeSolo OS developers
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 # Ansible module boilerplate (header, docs before imports) that ruff would otherwise flag:
-# ruff: noqa: E402, UP001, UP009, UP010
 
 from __future__ import absolute_import, annotations, division, print_function
 
@@ -24,7 +23,7 @@ description:
     written last, makes later runs skip the package. A tree without its marker is extracted again.
   - Nothing is installed on the build host, and apt's indexes are not updated (run C(apt-get update) first).
 author:
-  - KubeSolo OS developers
+  - KubeSolo OS developers (!UNKNOWN)
 options:
   names:
     description:
@@ -61,16 +60,18 @@ options:
     required: true
   architecture:
     description:
-      - Debian architecture of the packages (C(Architecture: all) packages are accepted too).
+      - Debian architecture of the packages (packages of architecture C(all) are accepted too).
       - For an architecture other than the build host's native one, it must have been added with
         C(dpkg --add-architecture) and apt's indexes updated.
     type: str
     default: amd64
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Resolves versions only and reports what would be downloaded and extracted.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 notes:
   - Needs C(apt-cache), C(apt-get) and C(dpkg-deb) on the host that runs the module.
@@ -227,7 +228,7 @@ def parse_control_records(text: str) -> list[dict[str, str]]:
             if last_key is not None:
                 current[last_key] += "\n" + line.strip()
         elif ":" in line:
-            key, _, value = line.partition(":")
+            key, _sep, value = line.partition(":")
             last_key = key.strip()
             current[last_key] = value.strip()
     if current:
@@ -321,7 +322,7 @@ def dependency_closure(
         for group in graph.get(pkg, []):
             choice = choose_alternative(group, preferred)
             if choice is None:
-                alternatives = " | ".join(name for name, _ in group)
+                alternatives = " | ".join(alt[0] for alt in group)
                 unsatisfied.append(f"{pkg}: {alternatives}")
                 continue
             if choice in taken or choice in exclude:

@@ -2,7 +2,6 @@
 # -*- coding: utf-8 -*-
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
 # Ansible module boilerplate (sanity tests want it; imports follow the documentation strings):
-# ruff: noqa: E402, UP001, UP009, UP010
 
 from __future__ import absolute_import, annotations, division, print_function
 
@@ -91,7 +90,6 @@ options:
       - Defaults to C(.elf_closure.json) inside O(dest). Put it outside O(dest) when O(dest) is packed
         into an image as it is (an initramfs layer), so the record does not end up in the image.
     type: path
-extends_documentation_fragment: []
 attributes:
   check_mode:
     support: full

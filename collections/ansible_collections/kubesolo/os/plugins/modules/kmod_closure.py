@@ -1,12 +1,11 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # MIT License (see LICENSE or https://opensource.org/licenses/MIT)
-# Ansible's module layout (coding line, documentation strings before the imports) needs these.
-# ruff: noqa: E402, UP009
+# Ansible module boilerplate (header, docs before imports) that ruff would otherwise flag:
 
-from __future__ import absolute_import, annotations, division, print_function  # noqa: UP010
+from __future__ import absolute_import, annotations, division, print_function
 
-__metaclass__ = type  # noqa: UP001
+__metaclass__ = type
 
 DOCUMENTATION = r"""
 ---
@@ -31,7 +30,7 @@ description:
   - C(depmod) always runs with an empty configuration directory, so the build host's C(/etc/depmod.d)
     cannot change the result.
 author:
-  - KubeSolo OS developers
+  - KubeSolo OS developers (!UNKNOWN)
 options:
   root:
     description:
@@ -221,7 +220,7 @@ class KmodIndex:
             for line in fh:
                 if ":" not in line:
                     continue
-                path, _, rest = line.partition(":")
+                path, _colon, rest = line.partition(":")
                 path = path.strip()
                 name = name_of_path(path)
                 index.paths[name] = path
@@ -277,7 +276,7 @@ class KmodIndex:
                 modname, dot, rest = entry.partition(".")
                 if not dot or "=" not in rest:
                     continue
-                key, _, value = rest.partition("=")
+                key, _eq, value = rest.partition("=")
                 modname = normalize(modname)
                 self.builtin.add(modname)
                 if key == "alias":
@@ -418,15 +417,18 @@ def read_bytes(path: str) -> bytes | None:
         return None
 
 
-def desired_meta(srcdir: str, relpaths: set[str]) -> dict[str, bytes]:
-    """Contents of the non-generated index files: built-in lists as is, modules.order reduced to the set."""
-    meta: dict[str, bytes] = {}
+def desired_meta(srcdir: str, relpaths: set[str]) -> dict[str, bytes | None]:
+    """Contents of the non-generated index files: built-in lists as is, modules.order reduced to the set.
+
+    None means the source has no such file (a copy left in the destination is removed).
+    """
+    meta: dict[str, bytes | None] = {}
     for name in COPIED_META:
-        data = read_bytes(os.path.join(srcdir, name))
-        if data is not None:
-            meta[name] = data
+        meta[name] = read_bytes(os.path.join(srcdir, name))
     order = read_bytes(os.path.join(srcdir, "modules.order"))
-    if order is not None:
+    if order is None:
+        meta["modules.order"] = None
+    else:
         lines = order.decode("utf-8").splitlines()
         kept = [line for line in lines if line.strip() in relpaths]
         meta["modules.order"] = "".join(line + "\n" for line in kept).encode("utf-8")
@@ -597,7 +599,11 @@ def run_module() -> None:
         write_atomic(os.path.join(destdir, rel), src=os.path.join(srcdir, rel))
     makedirs(destdir)
     for name in meta_changed:
-        write_atomic(os.path.join(destdir, name), data=meta[name])
+        data = meta[name]
+        if data is None:
+            os.unlink(os.path.join(destdir, name))
+        else:
+            write_atomic(os.path.join(destdir, name), data=data)
 
     if need_depmod:
         before = snapshot(destdir)

@@ -1,0 +1,320 @@
+# MIT License (see LICENSE or https://opensource.org/licenses/MIT)
+"""Unit tests of kubesolo.os.kmod_closure.
+
+Most tests use a small hand-made module tree (fake .ko files with a hand-written modules.dep, modules.softdep,
+modules.alias and modules.builtin). One test runs against the real Debian kernel package when it is in the
+build cache (or at $KUBESOLO_KERNEL_ROOT), and is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.kubesolo.os.plugins.modules import kmod_closure
+
+REL = "9.9.9-test"
+REPO = Path(__file__).resolve().parents[8]
+
+MODULES = {
+    # relative path: content
+    "kernel/net/alpha/alpha.ko": b"alpha",
+    "kernel/net/beta.ko": b"beta",
+    "kernel/lib/lib-crc.ko": b"libcrc",
+    "kernel/crypto/crcx_generic.ko": b"crcx generic",
+    "kernel/arch/crcx-fast.ko": b"crcx fast",
+    "kernel/lib/gamma.ko": b"gamma",
+    "kernel/drivers/usb/xhci-pci.ko": b"xhci",
+    "kernel/drivers/usb/xhci-hcd.ko": b"xhcihcd",
+    "kernel/drivers/net/delta.ko": b"delta",
+    "kernel/drivers/net/epsilon.ko": b"epsilon",
+}
+MODULES_DEP = """\
+kernel/net/alpha/alpha.ko: kernel/net/beta.ko kernel/lib/lib-crc.ko
+kernel/net/beta.ko:
+kernel/lib/lib-crc.ko:
+kernel/crypto/crcx_generic.ko:
+kernel/arch/crcx-fast.ko:
+kernel/lib/gamma.ko:
+kernel/drivers/usb/xhci-pci.ko: kernel/drivers/usb/xhci-hcd.ko
+kernel/drivers/usb/xhci-hcd.ko:
+kernel/drivers/net/delta.ko:
+kernel/drivers/net/epsilon.ko:
+"""
+MODULES_SOFTDEP = """\
+# Soft dependencies extracted from modules themselves.
+softdep lib_crc pre: crcx post: gamma
+softdep delta ignored-without-pre
+softdep epsilon pre: platform:nothing-here
+"""
+MODULES_ALIAS = """\
+alias crypto-crcx crcx_generic
+alias crcx crcx_generic
+alias crcx crcx_fast
+alias pci:v00008086d*sv*sd*bc0Csc03i30* xhci_pci
+"""
+MODULES_BUILTIN = "kernel/lib/crc16.ko\nkernel/fs/ext9/ext9.ko\n"
+BUILTIN_MODINFO = b"crc16.license=GPL\0ext9.alias=fs-ext9\0ext9.description=Ninth extended fs\0"
+
+
+def make_kernel(root: Path, with_index: bool = True) -> Path:
+    moddir = root / "lib" / "modules" / REL
+    for rel, data in MODULES.items():
+        (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (moddir / rel).write_bytes(data)
+    if with_index:
+        (moddir / "modules.dep").write_text(MODULES_DEP)
+        (moddir / "modules.softdep").write_text(MODULES_SOFTDEP)
+        (moddir / "modules.alias").write_text(MODULES_ALIAS)
+    (moddir / "modules.builtin").write_text(MODULES_BUILTIN)
+    (moddir / "modules.builtin.modinfo").write_bytes(BUILTIN_MODINFO)
+    (moddir / "modules.order").write_text("".join(f"{rel}\n" for rel in MODULES))
+    return moddir
+
+
+class Exit(Exception):
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(result)
+        self.result = result
+
+
+class Fail(Exception):
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(result.get("msg"))
+        self.result = result
+
+
+@pytest.fixture(autouse=True)
+def _patch_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    def exit_json(self: basic.AnsibleModule, **kwargs: Any) -> None:
+        raise Exit(kwargs)
+
+    def fail_json(self: basic.AnsibleModule, msg: str, **kwargs: Any) -> None:
+        raise Fail({"msg": msg, **kwargs})
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+
+
+@pytest.fixture
+def depmod_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace depmod (the fake .ko files are not ELF) by a stand-in that writes a modules.dep listing."""
+    calls: list[str] = []
+
+    def fake_depmod(module: basic.AnsibleModule, base: str, release: str) -> None:
+        calls.append(base)
+        moddir = Path(base) / "lib" / "modules" / release
+        found = sorted(str(p.relative_to(moddir)) for p in moddir.rglob("*.ko"))
+        (moddir / "modules.dep").write_text("".join(f"{rel}:\n" for rel in found))
+
+    monkeypatch.setattr(kmod_closure, "run_depmod", fake_depmod)
+    return calls
+
+
+def run(check_mode: bool = False, **args: Any) -> dict[str, Any]:
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    with patch_module_args(args), pytest.raises(Exit) as exc:
+        kmod_closure.main()
+    return exc.value.result
+
+
+def fail(**args: Any) -> dict[str, Any]:
+    with patch_module_args(args), pytest.raises(Fail) as exc:
+        kmod_closure.main()
+    return exc.value.result
+
+
+def test_normalize_keeps_bracket_ranges() -> None:
+    assert kmod_closure.normalize("nls_iso8859-1") == "nls_iso8859_1"
+    assert kmod_closure.normalize("a-b[x-z]-c") == "a_b[x-z]_c"
+    assert kmod_closure.name_of_path("kernel/x/crc32c-intel.ko.xz") == "crc32c_intel"
+
+
+def test_closure_over_dep_softdep_and_alias(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    res = run(root=str(tmp_path / "src"), modules=["alpha"], dest=str(tmp_path / "img"))
+    assert res["changed"] is True
+    assert res["release"] == REL
+    # alpha -> beta, lib_crc (modules.dep); lib_crc -> pre: crcx (alias: both), post: gamma (softdep)
+    assert res["modules"] == ["alpha", "beta", "crcx_fast", "crcx_generic", "gamma", "lib_crc"]
+    assert res["files"] == 6
+    assert res["size"] == sum(len(MODULES[rel]) for rel in res["added"])
+    destdir = tmp_path / "img" / "lib" / "modules" / REL
+    assert (destdir / "kernel/arch/crcx-fast.ko").read_bytes() == b"crcx fast"
+    assert oct((destdir / "kernel/lib/gamma.ko").stat().st_mode & 0o777) == "0o644"
+    assert (destdir / "modules.builtin").read_text() == MODULES_BUILTIN
+    assert (destdir / "modules.builtin.modinfo").read_bytes() == BUILTIN_MODINFO
+    # modules.order is reduced to the set, in the kernel's order.
+    assert (destdir / "modules.order").read_text().splitlines() == [rel for rel in MODULES if rel in res["added"]]
+    assert len(depmod_calls) == 1
+    assert "gamma" in res["diff"]["after"] and res["diff"]["before"] == ""
+
+
+def test_idempotent_and_check_mode(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    args = {"root": str(tmp_path / "src"), "modules": ["alpha"], "dest": str(tmp_path / "img")}
+    first = run(check_mode=True, **args)
+    assert first["changed"] is True
+    assert not (tmp_path / "img").exists()
+    assert depmod_calls == []
+    run(**args)
+    second = run(**args)
+    assert second["changed"] is False
+    assert second["added"] == second["removed"] == second["updated"] == []
+    assert len(depmod_calls) == 1
+    assert run(check_mode=True, **args)["changed"] is False
+
+
+def test_alias_and_dash_underscore(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    res = run(root=str(tmp_path / "src"), modules=["crypto-crcx", "xhci-pci"], dest=str(tmp_path / "img"))
+    assert res["modules"] == ["crcx_generic", "xhci_hcd", "xhci_pci"]
+    # A modalias pattern resolves as well.
+    res = run(
+        root=str(tmp_path / "src"), modules=["pci:v00008086d00001E31sv0sd0bc0Csc03i30"], dest=str(tmp_path / "img")
+    )
+    assert res["modules"] == ["xhci_hcd", "xhci_pci"]
+
+
+def test_builtin_is_reported_not_an_error(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    res = run(root=str(tmp_path / "src"), modules=["crc16", "fs-ext9", "ext9", "beta"], dest=str(tmp_path / "img"))
+    assert res["builtin"] == ["crc16", "ext9", "fs-ext9"]
+    assert res["modules"] == ["beta"]
+
+
+def test_unknown_name_fails_naming_it(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    res = fail(root=str(tmp_path / "src"), modules=["beta", "no_such_mod", "other-missing"], dest=str(tmp_path / "img"))
+    assert "no_such_mod" in res["msg"] and "other-missing" in res["msg"]
+    assert res["unknown"] == ["no_such_mod", "other-missing"]
+    assert not (tmp_path / "img").exists()
+
+
+def test_optional_may_be_missing_and_is_requested(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    res = run(
+        root=str(tmp_path / "src"),
+        modules=["beta", "no_such_mod"],
+        optional=["no-such-mod", "gamma"],
+        dest=str(tmp_path / "img"),
+    )
+    assert res["missing"] == ["no-such-mod", "no_such_mod"]
+    assert res["modules"] == ["beta", "gamma"]
+
+
+def test_unresolved_softdep_is_skipped(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    res = run(root=str(tmp_path / "src"), modules=["epsilon", "delta"], dest=str(tmp_path / "img"))
+    assert res["modules"] == ["delta", "epsilon"]
+    assert res["softdeps_unresolved"] == ["platform:nothing-here"]
+
+
+def test_prunes_files_no_longer_in_set(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    dest = tmp_path / "img"
+    destdir = dest / "lib" / "modules" / REL
+    run(root=str(tmp_path / "src"), modules=["alpha", "xhci_pci"], dest=str(dest))
+    stray = destdir / "kernel" / "stray" / "old.ko"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"old")
+    (destdir / "kernel/net/beta.ko").write_bytes(b"tampered")
+
+    res = run(root=str(tmp_path / "src"), modules=["beta"], dest=str(dest), _ansible_diff=True)
+    assert res["changed"] is True
+    assert res["modules"] == ["beta"]
+    assert res["updated"] == ["kernel/net/beta.ko"]
+    assert "kernel/stray/old.ko" in res["removed"] and "kernel/drivers/usb/xhci-pci.ko" in res["removed"]
+    assert sorted(str(p.relative_to(destdir)) for p in destdir.rglob("*") if p.is_file() or p.is_dir()) == [
+        "kernel",
+        "kernel/net",
+        "kernel/net/beta.ko",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.dep",
+        "modules.order",
+    ]
+    assert (destdir / "kernel/net/beta.ko").read_bytes() == b"beta"
+    assert "xhci_pci" in res["diff"]["before"] and "xhci_pci" not in res["diff"]["after"]
+    assert len(depmod_calls) == 2
+
+
+def test_release_selection(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    (tmp_path / "src" / "lib" / "modules" / "1.0.0-other").mkdir()
+    res = fail(root=str(tmp_path / "src"), modules=["beta"], dest=str(tmp_path / "img"))
+    assert "1.0.0-other" in res["msg"] and REL in res["msg"]
+    assert run(root=str(tmp_path / "src"), release=REL, modules=["beta"], dest=str(tmp_path / "img"))["files"] == 1
+    res = fail(root=str(tmp_path / "src"), release="0.0.0", modules=["beta"], dest=str(tmp_path / "img"))
+    assert "0.0.0" in res["msg"]
+
+
+def test_depmod_false_does_not_run_depmod(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    res = run(root=str(tmp_path / "src"), modules=["beta"], dest=str(tmp_path / "img"), depmod=False)
+    assert res["changed"] is True
+    assert depmod_calls == []
+    assert (
+        run(root=str(tmp_path / "src"), modules=["beta"], dest=str(tmp_path / "img"), depmod=False)["changed"] is False
+    )
+
+
+def _real_kernel_root() -> Path | None:
+    candidates = [os.environ.get("KUBESOLO_KERNEL_ROOT", "")]
+    pkgroot = REPO / "build" / "cache" / "pkgroot"
+    candidates += sorted(glob.glob(str(pkgroot / "linux-image-*")))
+    candidates += sorted(glob.glob(str(pkgroot / "local" / "linux-image-*")))
+    for candidate in candidates:
+        if candidate and glob.glob(os.path.join(candidate, "lib", "modules", "*", "kernel", "net")):
+            return Path(candidate)
+    return None
+
+
+@pytest.mark.skipif(_real_kernel_root() is None, reason="no extracted Debian kernel package in build/cache")
+@pytest.mark.skipif(shutil.which("depmod", path="/usr/sbin:/sbin:/usr/bin") is None, reason="needs kmod's depmod")
+def test_real_debian_kernel_nf_conntrack_pulls_crc32c(tmp_path: Path) -> None:
+    root = _real_kernel_root()
+    assert root is not None
+    dest = tmp_path / "img"
+    res = run(root=str(root), modules=["nf_conntrack", "crc32"], dest=str(dest))
+    # nf_conntrack depends on libcrc32c, whose softdep "pre: crc32c" is the alias of crc32c_generic/_intel.
+    assert {"nf_conntrack", "libcrc32c", "crc32c_generic"} <= set(res["modules"])
+    assert res["builtin"] == ["crc32"]
+    destdir = dest / "lib" / "modules" / res["release"]
+    assert (destdir / "modules.dep").is_file() and (destdir / "modules.softdep").is_file()
+    assert "softdep libcrc32c pre: crc32c" in (destdir / "modules.softdep").read_text()
+    assert run(root=str(root), modules=["nf_conntrack", "crc32"], dest=str(dest))["changed"] is False
+    modprobe = shutil.which("modprobe", path="/usr/sbin:/sbin:/usr/bin")
+    if modprobe:
+        emptycfg = tmp_path / "modprobe.d"
+        emptycfg.mkdir()
+        out = subprocess.run(
+            [modprobe, "-C", str(emptycfg), "-d", str(dest), "-S", res["release"], "--show-depends", "nf_conntrack"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        lines = out.splitlines()
+        crc = next(i for i, line in enumerate(lines) if "crc32c_generic.ko" in line)
+        lib = next(i for i, line in enumerate(lines) if "libcrc32c.ko" in line)
+        assert crc < lib
+
+
+def test_index_file_missing_from_source_is_removed(tmp_path: Path, depmod_calls: list[str]) -> None:
+    moddir = make_kernel(tmp_path / "src")
+    args = {"root": str(tmp_path / "src"), "modules": ["beta"], "dest": str(tmp_path / "img")}
+    run(**args)
+    copied = tmp_path / "img" / "lib" / "modules" / REL / "modules.builtin.modinfo"
+    assert copied.is_file()
+    (moddir / "modules.builtin.modinfo").unlink()
+    assert run(**args)["changed"] is True
+    assert not copied.exists()
+    assert run(**args)["changed"] is False

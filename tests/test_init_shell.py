@@ -1,0 +1,554 @@
+"""Unit tests of the init role's shell: rendered by the role, run under the host's `busybox sh`.
+
+The role is applied once (and a second time, which must change nothing) with a throwaway
+playbook into a temporary layers directory; the tests then source the rendered functions.sh
+and call its pure functions with fake input, run /sbin/init (not as PID 1) against stub stages,
+and shellcheck every rendered shell file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCH = 1700000000
+LIBDIR = "usr/lib/kubesolo-os"
+
+BUSYBOX = shutil.which("busybox")
+pytestmark = pytest.mark.skipif(BUSYBOX is None, reason="busybox is not installed")
+
+
+def _ansible_playbook() -> str | None:
+    candidate = Path(sys.executable).parent / "ansible-playbook"
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which("ansible-playbook")
+
+
+def _run_role(workdir: Path, layers: Path, extra_vars: dict | None = None) -> str:
+    playbook = workdir / "render.yml"
+    play = [
+        {
+            "name": "Render the init role",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {
+                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                "kubesolo_os_build_dir": str(workdir / "build"),
+                "kubesolo_os_layers_dir": str(layers),
+                "kubesolo_os_output_dir": str(workdir / "output"),
+                "kubesolo_os_epoch": EPOCH,
+                **(extra_vars or {}),
+            },
+            "roles": ["init"],
+        }
+    ]
+    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    result = subprocess.run(
+        [_ansible_playbook(), "-i", "localhost,", str(playbook)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _changed(recap: str) -> int:
+    match = re.search(r"localhost\s*:.*changed=(\d+)", recap)
+    assert match, recap
+    return int(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if _ansible_playbook() is None:
+        pytest.skip("ansible-playbook is not installed")
+    workdir = tmp_path_factory.mktemp("init-role")
+    layers = workdir / "layers"
+    _run_role(workdir, layers)
+    second = _run_role(workdir, layers)
+    assert _changed(second) == 0, "second run of the init role changed something:\n" + second
+    return layers / "init"
+
+
+@pytest.fixture(scope="module")
+def functions(layer: Path) -> Path:
+    return layer / LIBDIR / "functions.sh"
+
+
+def bb(functions: Path, script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run SCRIPT under busybox sh with functions.sh sourced; ARGS are $1...."""
+    full_env = {"PATH": os.environ["PATH"], "KSI_LOG_CONSOLES": "", **(env or {})}
+    return subprocess.run(
+        [BUSYBOX, "sh", "-c", f'. "{functions}"\n{script}', "sh", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=30,
+        check=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel command line
+# --------------------------------------------------------------------------------------------
+PARSE = """
+ksi_parse_cmdline "$1"
+for v in KUBESOLO_DATA_DEV KUBESOLO_DATA_EXPLICIT KUBESOLO_DATA_WAIT KUBESOLO_DEBUG \
+    KUBESOLO_SHELL KUBESOLO_NOPERSIST KUBESOLO_CLOUDINIT KUBESOLO_EXTRA_FLAGS; do
+    printf '%s\\n' "$(env | grep "^$v=" || echo "$v UNEXPORTED")"
+done
+"""
+
+
+def parse(functions: Path, cmdline: str) -> tuple[dict[str, str], str]:
+    result = bb(functions, PARSE, cmdline)
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    return values, result.stderr
+
+
+def test_cmdline_defaults(functions: Path) -> None:
+    values, stderr = parse(functions, "BOOT_IMAGE=/vmlinuz console=ttyS0,115200n8 quiet")
+    assert values == {
+        "KUBESOLO_DATA_DEV": "",
+        "KUBESOLO_DATA_EXPLICIT": "0",
+        "KUBESOLO_DATA_WAIT": "30",
+        "KUBESOLO_DEBUG": "0",
+        "KUBESOLO_SHELL": "0",
+        "KUBESOLO_NOPERSIST": "0",
+        "KUBESOLO_CLOUDINIT": "",
+        "KUBESOLO_EXTRA_FLAGS": "",
+    }
+    assert stderr == ""
+
+
+def test_cmdline_all_parameters(functions: Path) -> None:
+    values, _ = parse(
+        functions,
+        "console=tty0 kubesolo.data=LABEL=KSOLODATA kubesolo.debug kubesolo.shell "
+        "kubesolo.nopersist kubesolo.cloudinit=/mnt/data/cloud-init.yaml kubesolo.datawait=90\n",
+    )
+    assert values["KUBESOLO_DATA_DEV"] == "LABEL=KSOLODATA"
+    assert values["KUBESOLO_DATA_EXPLICIT"] == "1"
+    assert values["KUBESOLO_DATA_WAIT"] == "90"
+    assert values["KUBESOLO_DEBUG"] == "1"
+    assert values["KUBESOLO_SHELL"] == "1"
+    assert values["KUBESOLO_NOPERSIST"] == "1"
+    assert values["KUBESOLO_CLOUDINIT"] == "/mnt/data/cloud-init.yaml"
+
+
+def test_cmdline_quoted_flags_keep_inner_quotes_and_spaces(functions: Path) -> None:
+    values, _ = parse(functions, "quiet kubesolo.flags=\"--a=1 --b='x  y'\" kubesolo.data=/dev/vdb1 ro")
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b='x  y'"
+    assert values["KUBESOLO_DATA_DEV"] == "/dev/vdb1"
+
+
+def test_cmdline_whole_parameter_quoted(functions: Path) -> None:
+    values, _ = parse(functions, '"kubesolo.flags=--x=1 --y=2" "kubesolo.cloudinit=/a b"')
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--x=1 --y=2"
+    assert values["KUBESOLO_CLOUDINIT"] == "/a b"
+
+
+def test_cmdline_unterminated_quote_takes_the_rest(functions: Path) -> None:
+    values, _ = parse(functions, 'kubesolo.flags="--a=1 --b=2 kubesolo.debug')
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b=2 kubesolo.debug"
+    assert values["KUBESOLO_DEBUG"] == "0"
+
+
+def test_cmdline_flags_parameters_are_joined(functions: Path) -> None:
+    values, _ = parse(functions, "kubesolo.flags=--a=1 kubesolo.flags=--b=2")
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b=2"
+
+
+@pytest.mark.parametrize(
+    ("param", "expected"),
+    [
+        ("kubesolo.debug", "1"),
+        ("kubesolo.debug=1", "1"),
+        ("kubesolo.debug=true", "1"),
+        ("kubesolo.debug=yes", "1"),
+        ("kubesolo.debug=0", "0"),
+        ("kubesolo.debug=false", "0"),
+        ("kubesolo.debug=off", "0"),
+    ],
+)
+def test_cmdline_boolean_forms(functions: Path, param: str, expected: str) -> None:
+    values, _ = parse(functions, param)
+    assert values["KUBESOLO_DEBUG"] == expected
+
+
+def test_cmdline_warns_on_unknown_and_bad_values(functions: Path) -> None:
+    values, stderr = parse(functions, "kubesolo.foo=1 kubesolo.datawait=soon other.param=1")
+    assert "[kubesolo-init] [WARN] Unknown boot parameter 'kubesolo.foo' ignored" in stderr
+    assert "kubesolo.datawait='soon'" in stderr
+    assert "other.param" not in stderr
+    assert values["KUBESOLO_DATA_WAIT"] == "30"
+
+
+def test_cmdline_is_never_evaluated(functions: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    values, _ = parse(functions, f"kubesolo.flags=\"$(touch {marker})\" kubesolo.data=`touch\t{marker}`")
+    assert not marker.exists()
+    assert values["KUBESOLO_EXTRA_FLAGS"] == f"$(touch {marker})"
+    assert values["KUBESOLO_DATA_DEV"] == "`touch"
+
+
+# --------------------------------------------------------------------------------------------
+# Word splitter
+# --------------------------------------------------------------------------------------------
+def split(functions: Path, text: str) -> tuple[list[str], int]:
+    result = bb(functions, 'ksi_split_words "$1"', text)
+    return result.stdout.split("\n")[:-1], result.returncode
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", []),
+        ("   ", []),
+        ("--a=1 --b=2", ["--a=1", "--b=2"]),
+        ("  --a=1\t\t--b=2  ", ["--a=1", "--b=2"]),
+        ("--b='x  y'", ["--b=x  y"]),
+        ('--b="x  y" --c', ["--b=x  y", "--c"]),
+        ("--sans='a,b' --k=\"q\\\"uote\"", ["--sans=a,b", '--k=q"uote']),
+        ("'' x", ["", "x"]),
+        ("a\\ b c", ["a b", "c"]),
+        ("it'\"'s", ['it"s']),
+        ("'*' ? $HOME $(id) ;rm", ["*", "?", "$HOME", "$(id)", ";rm"]),
+        ('"back\\\\slash" "keep\\n"', ["back\\slash", "keep\\n"]),
+    ],
+)
+def test_split_words(functions: Path, text: str, words: list[str]) -> None:
+    got, rc = split(functions, text)
+    assert got == words
+    assert rc == 0
+
+
+def test_split_words_unterminated_quote(functions: Path) -> None:
+    got, rc = split(functions, "--a=1 --b='x y")
+    assert got == ["--a=1", "--b=x y"]
+    assert rc == 1
+
+
+def test_kubesolo_args_round_trip(functions: Path, tmp_path: Path) -> None:
+    flags = tmp_path / "flags"
+    flags.write_text("# comment\n\n  --portainer-edge-id=abc  \n--node-ip=10.0.0.5\n   # indented comment\n--x=a b")
+    script = textwrap.dedent(
+        """
+        ksi_kubesolo_args "$1" "$2" "$3" > "$4"
+        set --
+        while IFS= read -r a; do set -- "$@" "$a"; done < "$4"
+        for a in "$@"; do printf '<%s>\\n' "$a"; done
+        """
+    )
+    result = bb(functions, script, "kubesolo-a1b2c3", str(flags), "--debug=true --sans='a b' ''", str(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "<--path=/var/lib/kubesolo>",
+        "<--local-storage=true>",
+        "<--apiserver-extra-sans=kubesolo-a1b2c3>",
+        "<--portainer-edge-id=abc>",
+        "<--node-ip=10.0.0.5>",
+        "<--x=a b>",
+        "<--debug=true>",
+        "<--sans=a b>",
+        "<>",
+    ]
+
+
+def test_kubesolo_args_without_flags_file(functions: Path, tmp_path: Path) -> None:
+    result = bb(functions, 'ksi_kubesolo_args "" "$1" ""', str(tmp_path / "missing"))
+    assert result.stdout.splitlines() == ["--path=/var/lib/kubesolo", "--local-storage=true"]
+
+
+# --------------------------------------------------------------------------------------------
+# Names and addresses
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("mac", "name"),
+    [
+        ("52:54:00:12:34:56", "kubesolo-123456"),
+        ("52:54:00:AB:cD:0F", "kubesolo-abcd0f"),
+        ("00:00:00:00:00:00", None),
+        ("52:54:00:12:34", None),
+        ("52:54:00:12:34:5g", None),
+        ("", None),
+    ],
+)
+def test_hostname_from_mac(functions: Path, mac: str, name: str | None) -> None:
+    result = bb(functions, 'ksi_hostname_from_mac "$1"', mac)
+    if name is None:
+        assert result.returncode == 1
+        assert result.stdout == ""
+    else:
+        assert result.returncode == 0
+        assert result.stdout == name + "\n"
+
+
+def test_hostname_from_mac_custom_prefix(functions: Path) -> None:
+    result = bb(functions, 'ksi_hostname_from_mac "$1" node-', "AA:BB:CC:DD:EE:FF")
+    assert result.stdout == "node-ddeeff\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("kubesolo-abcd0f", True),
+        ("node1.example.com", True),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("Kubesolo-ABC", False),
+        ("-lead", False),
+        ("trail-", False),
+        ("under_score", False),
+        ("dot..dot", False),
+        ("", False),
+    ],
+)
+def test_valid_hostname(functions: Path, name: str, valid: bool) -> None:
+    assert (bb(functions, 'ksi_valid_hostname "$1"', name).returncode == 0) is valid
+
+
+@pytest.mark.parametrize(
+    ("addr", "private"),
+    [
+        ("10.0.2.15/24", True),
+        ("10.255.255.255", True),
+        ("172.16.0.1", True),
+        ("172.31.255.1/20", True),
+        ("172.15.0.1", False),
+        ("172.32.0.1", False),
+        ("192.168.1.10/24", True),
+        ("192.169.1.10", False),
+        ("127.0.0.1", False),
+        ("8.8.8.8", False),
+        ("100.64.0.1", False),
+        ("10.0.0", False),
+        ("10.0.0.1.5", False),
+        ("10.0.0.256", False),
+        ("fd00::1", False),
+    ],
+)
+def test_is_private_ipv4(functions: Path, addr: str, private: bool) -> None:
+    assert (bb(functions, 'ksi_is_private_ipv4 "$1"', addr).returncode == 0) is private
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------
+def test_log_lines(functions: Path) -> None:
+    result = bb(functions, 'log_info "hello world"; log_ok "Stage 90-kubesolo.sh complete"; log_warn w; log_error e')
+    lines = result.stderr.splitlines()
+    assert re.fullmatch(r"\[kubesolo-init\] \[ *[0-9]+\.[0-9]{2}\] hello world", lines[0])
+    assert lines[1:] == [
+        "[kubesolo-init] [OK] Stage 90-kubesolo.sh complete",
+        "[kubesolo-init] [WARN] w",
+        "[kubesolo-init] [ERROR] e",
+    ]
+    assert result.stdout == ""
+
+
+def test_log_writes_to_extra_consoles(functions: Path, tmp_path: Path) -> None:
+    console = tmp_path / "console"
+    result = bb(functions, "log_ok hi", env={"KSI_LOG_CONSOLES": str(console)})
+    assert result.stderr == "[kubesolo-init] [OK] hi\n"
+    assert console.read_text() == "[kubesolo-init] [OK] hi\n"
+
+
+# --------------------------------------------------------------------------------------------
+# /sbin/init against stub stages (not PID 1: no handover)
+# --------------------------------------------------------------------------------------------
+def make_stub_libdir(layer: Path, root: Path, stages: dict[str, str]) -> Path:
+    libdir = root / "lib"
+    (libdir / "init.d").mkdir(parents=True)
+    shutil.copy(layer / LIBDIR / "functions.sh", libdir / "functions.sh")
+    for name in _stage_names(layer):
+        body = stages.get(name, "")
+        (libdir / "init.d" / name).write_text(f'echo {name} >> "$TRACE"\n{body}\nreturn 0\n')
+    return libdir
+
+
+def _stage_names(layer: Path) -> list[str]:
+    defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
+    return defaults["init_stages"]
+
+
+def run_init(layer: Path, libdir: Path, root: Path) -> subprocess.CompletedProcess:
+    emergency = root / "emergency"
+    emergency.write_text(f'#!/bin/sh\necho shell >> "{root}/trace"\n')
+    emergency.chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"],
+        "KSI_LOG_CONSOLES": "",
+        "KSI_TEST_LIBDIR": str(libdir),
+        "KSI_TEST_EMERGENCY_CMD": str(emergency),
+        "TRACE": str(root / "trace"),
+    }
+    return subprocess.run(
+        [BUSYBOX, "sh", str(layer / "sbin/init")], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def test_init_runs_stages_in_order_and_shares_variables(layer: Path, tmp_path: Path) -> None:
+    names = _stage_names(layer)
+    libdir = make_stub_libdir(
+        layer,
+        tmp_path,
+        {
+            "10-parse-cmdline.sh": "export FROM_TEN=hello",
+            "20-persistent-mount.sh": '[ "$FROM_TEN" = hello ] || return 7\nSHELL_VAR=plain',
+            "90-kubesolo.sh": '[ "$SHELL_VAR" = plain ] || return 9',
+        },
+    )
+    result = run_init(layer, libdir, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "trace").read_text().split() == names
+    ok_lines = [line for line in result.stderr.splitlines() if "[OK] Stage" in line]
+    assert ok_lines == [f"[kubesolo-init] [OK] Stage {n} complete" for n in names]
+    assert "[ERROR]" not in result.stderr
+    assert all(line.startswith("[kubesolo-init] ") for line in result.stderr.splitlines())
+
+
+def test_init_retries_from_the_failed_stage(layer: Path, tmp_path: Path) -> None:
+    libdir = make_stub_libdir(
+        layer,
+        tmp_path,
+        {"30-kernel-modules.sh": f'[ -e "{tmp_path}/once" ] || {{ touch "{tmp_path}/once"; return 3; }}'},
+    )
+    result = run_init(layer, libdir, tmp_path)
+    assert result.returncode == 0, result.stderr
+    trace = (tmp_path / "trace").read_text().split()
+    assert trace[:6] == [
+        "00-early-mount.sh",
+        "10-parse-cmdline.sh",
+        "20-persistent-mount.sh",
+        "30-kernel-modules.sh",
+        "shell",
+        "30-kernel-modules.sh",
+    ]
+    assert trace.count("00-early-mount.sh") == 1
+    assert "[kubesolo-init] [ERROR] Stage 30-kernel-modules.sh failed (exit 3)" in result.stderr
+    assert result.stderr.splitlines()[-2] == "[kubesolo-init] [OK] Stage 90-kubesolo.sh complete"
+
+
+def test_init_kubesolo_shell_after_stage_10(layer: Path, tmp_path: Path) -> None:
+    libdir = make_stub_libdir(layer, tmp_path, {"10-parse-cmdline.sh": "export KUBESOLO_SHELL=1"})
+    result = run_init(layer, libdir, tmp_path)
+    assert result.returncode == 0, result.stderr
+    trace = (tmp_path / "trace").read_text().split()
+    assert trace[:3] == ["00-early-mount.sh", "10-parse-cmdline.sh", "shell"]
+    assert trace[3] == "20-persistent-mount.sh"
+    assert "[ERROR]" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Rendered files
+# --------------------------------------------------------------------------------------------
+def test_rendered_layout_and_modes(layer: Path) -> None:
+    assert (layer / "sbin/init").stat().st_mode & 0o777 == 0o755
+    for name in _stage_names(layer):
+        assert (layer / LIBDIR / "init.d" / name).stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in (layer / LIBDIR / "init.d").iterdir()) == sorted(_stage_names(layer))
+    assert (layer / "etc/inittab").read_text().count("::respawn:/usr/lib/kubesolo-os/kubesolo-run") == 1
+    assert not (layer / "etc/shadow").exists()
+    assert not (layer / "root").exists()
+
+
+def test_modules_list_matches_kubesolo_os_boot_modules(layer: Path) -> None:
+    shared = yaml.safe_load((REPO / "roles/kubesolo_os/defaults/main.yml").read_text())
+    listed = [
+        line.strip()
+        for line in (layer / LIBDIR / "modules.list").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert listed == shared["kubesolo_os_boot_modules"]
+
+
+def test_sysctl_conf(layer: Path) -> None:
+    text = (layer / "etc/sysctl.d/k8s.conf").read_text()
+    settings = dict(
+        (k.strip(), v.strip())
+        for k, v in (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    )
+    assert settings == {
+        "net.bridge.bridge-nf-call-iptables": "1",
+        "net.ipv4.ip_forward": "1",
+        "fs.inotify.max_user_watches": "524288",
+        "net.netfilter.nf_conntrack_max": "131072",
+        "vm.swappiness": "0",
+    }
+
+
+def test_build_epoch_rendered(functions: Path) -> None:
+    assert f"KSI_BUILD_EPOCH={EPOCH}\n" in functions.read_text()
+
+
+def shell_files(layer: Path) -> list[Path]:
+    files = [layer / "sbin/init", *sorted((layer / LIBDIR / "init.d").glob("*.sh"))]
+    files += [layer / LIBDIR / name for name in ("functions.sh", "kubesolo-run", "shutdown")]
+    return files
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_shellcheck(layer: Path) -> None:
+    result = subprocess.run(
+        ["shellcheck", "-s", "sh", *map(str, shell_files(layer))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("path", ["sbin/init", f"{LIBDIR}/functions.sh", f"{LIBDIR}/kubesolo-run"])
+def test_busybox_sh_parses(layer: Path, path: str) -> None:
+    result = subprocess.run([BUSYBOX, "sh", "-n", str(layer / path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_variant_exec_ssh_password(tmp_path: Path) -> None:
+    """The other branches of the templates: exec handover, SSH, root password, log file, no NTP."""
+    layers = tmp_path / "layers"
+    extra = {
+        "init_handover": "exec",
+        "init_ssh_enabled": True,
+        "init_ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAtest test@example"],
+        "init_root_password": "s3cret",
+        "init_kubesolo_log": "/var/log/kubesolo.log",
+        "init_ntp_servers": [],
+    }
+    _run_role(tmp_path, layers, extra)
+    assert _changed(_run_role(tmp_path, layers, extra)) == 0
+    layer = layers / "init"
+    shadow = layer / "etc/shadow"
+    assert shadow.stat().st_mode & 0o777 == 0o600
+    assert re.fullmatch(r"root:\$6\$[^:]+:19675:0:99999:7:::\n", shadow.read_text())
+    assert "s3cret" not in shadow.read_text()
+    keys = layer / "root/.ssh/authorized_keys"
+    assert keys.stat().st_mode & 0o777 == 0o600
+    assert (layer / "root/.ssh").stat().st_mode & 0o777 == 0o700
+    assert not (layer / "etc/inittab").exists()
+    assert "ksi_start_sshd\n" in (layer / LIBDIR / "init.d/50-network.sh").read_text()
+    assert "KSI_ROOT_PASSWORD_SET=1" in (layer / "sbin/init").read_text()
+    result = subprocess.run(
+        ["shellcheck", "-s", "sh", *map(str, shell_files(layer))], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
