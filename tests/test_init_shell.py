@@ -203,7 +203,7 @@ def test_cmdline_warns_on_unknown_and_bad_values(functions: Path) -> None:
 
 def test_cmdline_is_never_evaluated(functions: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    values, _ = parse(functions, f"kubesolo.flags=\"$(touch {marker})\" kubesolo.data=`touch\t{marker}`")
+    values, _ = parse(functions, f'kubesolo.flags="$(touch {marker})" kubesolo.data=`touch\t{marker}`')
     assert not marker.exists()
     assert values["KUBESOLO_EXTRA_FLAGS"] == f"$(touch {marker})"
     assert values["KUBESOLO_DATA_DEV"] == "`touch"
@@ -226,7 +226,7 @@ def split(functions: Path, text: str) -> tuple[list[str], int]:
         ("  --a=1\t\t--b=2  ", ["--a=1", "--b=2"]),
         ("--b='x  y'", ["--b=x  y"]),
         ('--b="x  y" --c', ["--b=x  y", "--c"]),
-        ("--sans='a,b' --k=\"q\\\"uote\"", ["--sans=a,b", '--k=q"uote']),
+        ('--sans=\'a,b\' --k="q\\"uote"', ["--sans=a,b", '--k=q"uote']),
         ("'' x", ["", "x"]),
         ("a\\ b c", ["a b", "c"]),
         ("it'\"'s", ['it"s']),
@@ -251,9 +251,10 @@ def test_kubesolo_args_round_trip(functions: Path, tmp_path: Path) -> None:
     flags.write_text("# comment\n\n  --portainer-edge-id=abc  \n--node-ip=10.0.0.5\n   # indented comment\n--x=a b")
     script = textwrap.dedent(
         """
-        ksi_kubesolo_args "$1" "$2" "$3" > "$4"
+        file=$4
+        ksi_kubesolo_args "$1" "$2" "$3" > "$file"
         set --
-        while IFS= read -r a; do set -- "$@" "$a"; done < "$4"
+        while IFS= read -r a; do set -- "$@" "$a"; done < "$file"
         for a in "$@"; do printf '<%s>\\n' "$a"; done
         """
     )

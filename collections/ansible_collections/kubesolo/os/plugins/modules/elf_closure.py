@@ -28,7 +28,7 @@ description:
   - Remembers what it installed in O(state_file); paths installed by an earlier run that are no longer
     needed are removed. Paths it never installed are never removed.
 author:
-  - KubeSolo OS developers
+  - KubeSolo OS developers (!UNKNOWN)
 options:
   roots:
     description:
