@@ -45,13 +45,15 @@ def test_manifest_records_every_input(built_image):
     assert str(REPO) not in json.dumps(manifest), "the manifest must not leak build-host paths"
 
 
-def test_iso_menu_has_every_boot_entry(built_image):
+def test_iso_menu_has_every_boot_entry(built_image, tmp_path):
     """The isolinux menu inside the ISO is generated from iso_boot_entries."""
-    cfg = subprocess.run(
+    extracted = tmp_path / "isolinux.cfg"
+    subprocess.run(
         ["xorriso", "-indev", str(built_image.iso), "-osirrox", "on",
-         "-extract", "/isolinux/isolinux.cfg", "/dev/stdout"],
+         "-extract", "/isolinux/isolinux.cfg", str(extracted)],
         capture_output=True, text=True, check=True,
-    ).stdout
+    )
+    cfg = extracted.read_text()
     defaults = role_defaults("iso")
     for entry in defaults["iso_boot_entries"]:
         assert f"label {entry['label']}" in cfg

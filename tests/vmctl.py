@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +62,11 @@ class VMSpec:
     def pidfile(self) -> Path:
         return self.workdir / f"{self.name}.pid"
 
+    @property
+    def serial_socket(self) -> Path:
+        """Unix socket of the first serial port, for typing into the guest (kept short: 108 bytes)."""
+        return Path("/tmp") / f"ksos-vm-{self.name}.sock"
+
 
 def qemu_command(spec: VMSpec) -> list[str]:
     """The QEMU command line for a spec (pure: no side effects)."""
@@ -72,7 +78,10 @@ def qemu_command(spec: VMSpec) -> list[str]:
         "-smp", str(spec.cpus),
         "-display", "none",
         "-monitor", "none",
-        "-serial", f"file:{spec.serial_log}",
+        # The first serial port is a socket (to type into) whose output QEMU also logs to a file.
+        "-chardev", f"socket,id=ser0,path={spec.serial_socket},server=on,wait=off,"
+                    f"logfile={spec.serial_log},logappend=off",
+        "-serial", "chardev:ser0",
         "-daemonize",
         "-pidfile", str(spec.pidfile),
     ]
@@ -123,6 +132,21 @@ def start(spec: VMSpec) -> int:
     if result.returncode != 0:
         raise VMError(f"QEMU failed to start {spec.name}: {result.stderr.strip()}")
     return int(spec.pidfile.read_text().strip())
+
+
+def send(socket_path: Path, data: bytes | str, delay: float = 0.0) -> None:
+    """Type into the guest's first serial port (one byte at a time when delay > 0)."""
+    payload = data.encode() if isinstance(data, str) else data
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(socket_path))
+        if delay <= 0:
+            conn.sendall(payload)
+        else:
+            for byte in payload:
+                conn.sendall(bytes([byte]))
+                time.sleep(delay)
+        # Give QEMU time to read everything before the connection closes.
+        time.sleep(0.2)
 
 
 def _pid_alive(pid: int) -> bool:

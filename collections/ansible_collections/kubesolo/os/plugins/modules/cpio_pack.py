@@ -113,6 +113,16 @@ options:
         times are kept and entries without a host file get C(0).
       - Must fit in 32 bits (C(0) to C(4294967295)), as must every stored time.
     type: int
+  mtime_policy:
+    description:
+      - How O(mtime) applies to entries that have a file on the host.
+      - C(clamp) lowers later times to O(mtime) and keeps earlier ones (the SOURCE_DATE_EPOCH convention).
+      - C(fixed) gives every entry exactly O(mtime), so the archive does not depend on when the staging tree
+        was written (a staging tree rebuilt from scratch has new, different mtimes).
+      - Without O(mtime) or E(SOURCE_DATE_EPOCH) this has no effect.
+    type: str
+    choices: [clamp, fixed]
+    default: clamp
   compression:
     description:
       - Compression of the archive. C(xz) is written with C(--check=crc32) (the kernel rejects CRC64) and
@@ -746,6 +756,7 @@ def run_module() -> None:
             "dest": {"type": "path", "required": True},
             "mode": {"type": "raw", "default": "0644"},
             "mtime": {"type": "int"},
+            "mtime_policy": {"type": "str", "default": "clamp", "choices": ["clamp", "fixed"]},
             "compression": {"type": "str", "default": "zstd", "choices": ["zstd", "gzip", "xz", "lz4", "none"]},
             "compression_level": {"type": "int"},
             "special_files": {"type": "str", "default": "fail", "choices": ["fail", "skip"]},
@@ -769,6 +780,9 @@ def run_module() -> None:
         if not os.path.isdir(dest_dir) and not module.check_mode:
             raise CpioError(f"directory {dest_dir} of dest does not exist")
         entries = build_entries(params["src"], params["entries"] or [], clamp, params["special_files"], module.warn)
+        if params["mtime_policy"] == "fixed" and clamp is not None:
+            for entry in entries:
+                entry.mtime = clamp
         workdir = module.tmpdir if module.check_mode else dest_dir
         work = pack(
             entries,

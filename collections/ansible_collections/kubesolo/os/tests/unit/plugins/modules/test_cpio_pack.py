@@ -608,3 +608,22 @@ def test_module_missing_dest_dir(layer: dict[str, Any], capsys: pytest.CaptureFi
     assert rc == 0 and result["changed"] is True
     rc, result = run_module({"dest": str(tmp_path)}, capsys, tmp_path)
     assert rc == 1 and "one of the following is required: src, entries" in result["msg"]
+
+
+def test_module_fixed_mtime_policy_ignores_when_the_tree_was_written(
+    layer: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """With mtime_policy=fixed, files older than mtime get it too: a rebuilt tree packs identically."""
+    old = EPOCH - 1000
+    for path in Path(layer["src"]).rglob("*"):
+        os.utime(path, (old, old), follow_symlinks=False)
+    fixed = {**layer, "mtime_policy": "fixed", "compression": "none"}
+    rc, first = run_module({**fixed, "dest": str(tmp_path / "a.cpio")}, capsys, tmp_path)
+    assert rc == 0
+    assert {entry["mtime"] for entry in parse_newc((tmp_path / "a.cpio").read_bytes())} == {EPOCH}
+    for path in Path(layer["src"]).rglob("*"):
+        os.utime(path, (old - 5, old - 5), follow_symlinks=False)
+    rc, second = run_module({**fixed, "dest": str(tmp_path / "b.cpio")}, capsys, tmp_path)
+    assert second["sha256"] == first["sha256"]
+    rc, clamped = run_module({**layer, "compression": "none", "dest": str(tmp_path / "c.cpio")}, capsys, tmp_path)
+    assert {entry["mtime"] for entry in parse_newc((tmp_path / "c.cpio").read_bytes())} == {old - 5}

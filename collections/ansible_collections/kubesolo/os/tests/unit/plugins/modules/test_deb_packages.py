@@ -173,20 +173,20 @@ def test_closure_takes_first_alternative_and_first_provider() -> None:
 
 def test_closure_prefers_an_explicitly_named_provider() -> None:
     graph = deb_packages.parse_depends(DEPENDS_OUTPUT)
-    closure, _ = deb_packages.dependency_closure(graph, ["mailer", "exim4-daemon-light"], set())
+    closure = deb_packages.dependency_closure(graph, ["mailer", "exim4-daemon-light"], set())[0]
     assert "exim4-daemon-light" in closure
     assert "postfix" not in closure
-    closure, _ = deb_packages.dependency_closure(graph, ["ca-certificates", "cdebconf"], set())
+    closure = deb_packages.dependency_closure(graph, ["ca-certificates", "cdebconf"], set())[0]
     assert "debconf" in closure  # cdebconf itself depends on debconf
     assert "libnewt0.52" in closure
 
 
 def test_closure_exclude_prunes_but_keeps_named_packages() -> None:
     graph = deb_packages.parse_depends(DEPENDS_OUTPUT)
-    closure, _ = deb_packages.dependency_closure(graph, ["ca-certificates"], {"debconf", "openssl"})
+    closure = deb_packages.dependency_closure(graph, ["ca-certificates"], {"debconf", "openssl"})[0]
     # debconf excluded does not fall back to the next alternative (cdebconf); openssl's libssl3 is not followed.
     assert closure == {"ca-certificates"}
-    closure, _ = deb_packages.dependency_closure(graph, ["ca-certificates", "openssl"], {"openssl", "libgcc-s1"})
+    closure = deb_packages.dependency_closure(graph, ["ca-certificates", "openssl"], {"openssl", "libgcc-s1"})[0]
     assert closure == {"ca-certificates", "openssl", "libssl3", "libc6", "debconf"}
 
 
