@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 BUILD_VARS = REPO / "tests" / "build-vars.yml"
 ARTIFACTS = REPO / "build" / "test-artifacts"
+SSH_KEY = REPO / "build" / "test-ssh" / "id_ed25519"
+ROOT_PASSWORD = "kubesolo-test-password"  # the test image's, from tests/build-vars.yml
 
 
 def tool_env() -> dict[str, str]:
@@ -92,9 +94,58 @@ class BuiltImage:
         return self.output / "initramfs"
 
 
+def ensure_ssh_key() -> Path:
+    """The key pair the test image authorizes (made once; kept so rebuilds stay identical)."""
+    if not SSH_KEY.exists():
+        SSH_KEY.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kubesolo-os-tests", "-f", str(SSH_KEY)],
+                       check=True, timeout=60)
+    return SSH_KEY
+
+
 @pytest.fixture(scope="session")
 def built_image() -> BuiltImage:
     """The image every boot test uses, built once with the kubesolo test double."""
+    ensure_ssh_key()
     first = ansible_playbook("build.yml", "-e", f"@{BUILD_VARS}")
     output = REPO / "build" / "test" / "output"
     return BuiltImage(output=output, first_run=first)
+
+
+BOOT_APPEND = "console=ttyS0,115200n8 panic=10"
+
+
+@pytest.fixture
+def boot(built_image, request):
+    """Factory that boots VMs of the test image; every VM is stopped when the test ends and its
+    serial log is kept in build/test-artifacts/boot/<test name>/."""
+    import guest as guest_mod
+    import vmctl
+
+    workdir = ARTIFACTS / "boot" / request.node.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    guests: list[guest_mod.Guest] = []
+
+    def start(name: str = "vm", *, iso: bool = False, append: str = "", disks: tuple[Path, ...] = (),
+              image: BuiltImage | None = None, ssh: bool = True, **spec_args) -> guest_mod.Guest:
+        image = image or built_image
+        spec = vmctl.VMSpec(
+            name=f"{request.node.name[:40]}-{name}".replace("[", "-").replace("]", ""),
+            workdir=workdir,
+            iso=image.iso if iso else None,
+            kernel=None if iso else image.vmlinuz,
+            initrd=None if iso else image.initramfs,
+            append=f"{BOOT_APPEND} {append}".strip(),
+            disks=list(disks),
+            ssh_port=guest_mod.free_port() if ssh else None,
+            memory_mb=spec_args.pop("memory_mb", 384),
+            **spec_args,
+        )
+        vmctl.start(spec)
+        vm = guest_mod.Guest(spec, ssh_key=SSH_KEY)
+        guests.append(vm)
+        return vm
+
+    yield start
+    for vm in guests:
+        vm.stop()

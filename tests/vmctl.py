@@ -53,6 +53,8 @@ class VMSpec:
     firmware: str = "bios"  # bios (SeaBIOS) or uefi (OVMF)
     mac: str | None = None
     reboot: bool = True
+    network: bool = True
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def serial_log(self) -> Path:
@@ -112,13 +114,16 @@ def qemu_command(spec: VMSpec) -> list[str]:
             "-drive", f"if=none,id=usbstick,format=raw,file={spec.usb_disk},cache=unsafe",
             "-device", "usb-storage,bus=xhci.0,drive=usbstick,bootindex=0",
         ]
+    if not spec.network:
+        cmd += ["-nic", "none"]
+        return cmd + spec.extra_args
     nic = "user,model=virtio-net-pci,restrict=on"
     if spec.mac:
         nic += f",mac={spec.mac}"
     if spec.ssh_port:
         nic += f",hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     cmd += ["-nic", nic]
-    return cmd
+    return cmd + spec.extra_args
 
 
 def start(spec: VMSpec) -> int:
@@ -234,15 +239,19 @@ def missing(patterns: Sequence[re.Pattern[str]], text: str) -> str:
     return ", ".join(repr(p.pattern) for p in patterns if not p.search(text))
 
 
-def make_data_disk(path: Path, size_mb: int = 256, label: str = "KSOLODATA", fs: str | None = "ext4") -> Path:
-    """A raw disk image holding one file system over the whole disk (no partition table)."""
+def make_data_disk(
+    path: Path, size_mb: int = 256, label: str = "KSOLODATA", fs: str | None = "ext4", content: Path | None = None
+) -> Path:
+    """A raw disk image holding one file system over the whole disk (no partition table),
+    optionally filled with the files of a directory (mke2fs -d)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     with path.open("wb") as handle:
         handle.truncate(size_mb * 1024 * 1024)
     if fs:
+        populate = ["-d", str(content)] if content else []
         subprocess.run(
-            ["mkfs." + fs, "-q", "-F", "-L", label, str(path)],
+            ["mkfs." + fs, "-q", "-F", "-L", label, *populate, str(path)],
             check=True, capture_output=True, timeout=120,
         )
     return path

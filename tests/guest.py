@@ -1,0 +1,125 @@
+"""A booted KubeSolo OS test VM: its serial log, its console input, and SSH into it.
+
+Built on tests/vmctl.py (the one place that runs QEMU). Boot tests are judged by what the guest
+prints on its serial console; state that the console cannot show is read over SSH (dropbear in the
+test image, key-only, forwarded to 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import vmctl
+
+SSH_OPTIONS = [
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "IdentitiesOnly=yes",
+    "-o", "BatchMode=yes",
+    "-o", "ConnectTimeout=10",
+    "-o", "LogLevel=ERROR",
+]
+
+MENU_DOWN = b"\x1b[B"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for the guest's SSH forward."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Guest:
+    spec: vmctl.VMSpec
+    ssh_key: Path
+    offset: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    # --- serial console -------------------------------------------------------------------
+    @property
+    def log(self) -> str:
+        return vmctl.read_log(self.spec.serial_log)
+
+    def wait(self, *patterns: str, timeout: float = 240, errors_fail: bool = True) -> str:
+        """Wait for regexes in the serial output since the last mark(); returns that output."""
+        text, _ = vmctl.wait_for(
+            self.spec.serial_log, patterns, timeout,
+            fail_patterns=(vmctl.ERROR_MARKER,) if errors_fail else (),
+            offset=self.offset, pidfile=self.spec.pidfile,
+        )
+        return text
+
+    def wait_booted(self, timeout: float = 240) -> float:
+        """Wait for the stage-90 marker; returns seconds since QEMU started."""
+        self.wait(re.escape(vmctl.SUCCESS_MARKER), timeout=timeout)
+        return time.monotonic() - self.started
+
+    def mark(self) -> None:
+        """Later waits only look at output from here on."""
+        self.offset = self.spec.serial_log.stat().st_size if self.spec.serial_log.exists() else 0
+
+    def type(self, text: str | bytes, delay: float = 0.02) -> None:
+        vmctl.send(self.spec.serial_socket, text, delay=delay)
+
+    def choose_menu_entry(self, index: int, menu_pattern: str) -> None:
+        """Pick the index-th entry of the boot menu (isolinux or GRUB) with the arrow keys."""
+        self.wait(menu_pattern, timeout=120)
+        self.type(MENU_DOWN * index + b"\r", delay=0.15)
+
+    # --- SSH ------------------------------------------------------------------------------
+    def ssh_command(self, command: str) -> list[str]:
+        assert self.spec.ssh_port, "this guest was started without an SSH forward"
+        return ["ssh", *SSH_OPTIONS, "-i", str(self.ssh_key), "-p", str(self.spec.ssh_port),
+                "root@127.0.0.1", command]
+
+    def ssh(self, command: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self.ssh_command(command), capture_output=True, text=True, timeout=timeout,
+                                check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ssh {command!r} exited {result.returncode}: {result.stdout}{result.stderr}")
+        return result
+
+    def wait_ssh(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            result = self.ssh("true", timeout=20, check=False)
+            if result.returncode == 0:
+                return
+            last = result.stderr
+            time.sleep(1)
+        raise AssertionError(f"no SSH into {self.spec.name} within {timeout}s: {last}")
+
+    def testinfra(self):
+        """A testinfra host over SSH (no Python needed in the guest)."""
+        import testinfra
+
+        return testinfra.get_host(
+            f"ssh://root@127.0.0.1:{self.spec.ssh_port}",
+            ssh_identity_file=str(self.ssh_key),
+            ssh_extra_args=" ".join(SSH_OPTIONS),
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def stop(self) -> None:
+        vmctl.stop(self.spec.pidfile)
+
+    def wait_exit(self, timeout: float = 60) -> None:
+        """Wait until QEMU exits by itself (a guest poweroff, or a reboot with -no-reboot)."""
+        deadline = time.monotonic() + timeout
+        pid = int(self.spec.pidfile.read_text().strip()) if self.spec.pidfile.exists() else 0
+        while pid and time.monotonic() < deadline:
+            try:
+                Path(f"/proc/{pid}").stat()
+            except FileNotFoundError:
+                return
+            time.sleep(0.25)
+        if pid:
+            raise AssertionError(f"{self.spec.name} still running after {timeout}s")

@@ -1,0 +1,313 @@
+"""Boot stages 00-90, proven by booting the test image in QEMU (TCG, user networking restrict=on).
+
+Direct kernel boots (-kernel/-initrd/-append) cover the boot parameters; the four boot menu entries
+are booted from the ISO itself. The serial log is the evidence where the console shows it; SSH
+(testinfra, dropbear in the test image) where state must be inspected.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import vmctl
+from conftest import REPO, ROOT_PASSWORD, ansible_playbook, role_defaults
+
+pytestmark = pytest.mark.slow
+
+MENU = role_defaults("iso")["iso_boot_entries"]
+BOOT_MODULES = role_defaults("kubesolo_os")["kubesolo_os_boot_modules"]
+SYSCTLS = role_defaults("init")["init_sysctls"]
+OK90 = re.escape(vmctl.SUCCESS_MARKER)
+DOUBLE_RUNNING = re.escape("[kubesolo-test-double] running")
+IMAGE_BINARY = "/usr/lib/kubesolo-os/bin/kubesolo"
+
+
+def menu_index(label: str) -> int:
+    return [entry["label"] for entry in MENU].index(label)
+
+
+def double_args(text: str) -> list[str]:
+    """The arguments the kubesolo test double recorded, from its last start in text."""
+    last_start = text.rfind("[kubesolo-test-double] argc=")
+    return re.findall(r"\[kubesolo-test-double\] arg\[\d+\]=(.*?)\r?\n", text[last_start:])
+
+
+def data_disk(tmp_path: Path, name: str, content: dict[str, str] | None = None, **kwargs) -> Path:
+    tree = None
+    if content:
+        tree = tmp_path / f"{name}-content"
+        for rel, text in content.items():
+            target = tree / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            if rel.startswith("usr-local/bin/"):
+                target.chmod(0o755)
+    return vmctl.make_data_disk(tmp_path / f"{name}.img", content=tree, **kwargs)
+
+
+def fs_uuid(image: Path) -> str:
+    return subprocess.run(["blkid", "-o", "value", "-s", "UUID", str(image)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def read_from_image(image: Path, path: str) -> str:
+    return subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+# --------------------------------------------------------------------------------------------
+# A persistent node: first boot, then a second boot of the same data disk.
+# --------------------------------------------------------------------------------------------
+
+def test_persistent_node_first_and_second_boot(boot, tmp_path):
+    disk = data_disk(tmp_path, "data", {
+        # KubeSolo flags from a config file under /etc/kubesolo (one per line, comments allowed).
+        "etc-kubesolo/flags": "# extra flags for KubeSolo\n--from-config-file=yes\n",
+        # A user's own tool in the persistent /usr/local, and an old KubeSolo left there.
+        "usr-local/bin/mytool": "#!/bin/sh\necho mine\n",
+        "usr-local/bin/kubesolo": "#!/bin/sh\necho '[old-kubesolo] must not run'\nsleep 3600\n",
+    })
+    flags = "--node-ip=10.0.2.15 --note='a b' \\$(touch${IFS}/tmp/pwned)"
+    vm = boot("first", disks=(disk,), mac="52:54:00:ab:cd:ef",
+              append=f'kubesolo.data=LABEL=KSOLODATA kubesolo.bogus=1 kubesolo.flags="{flags}"')
+    seconds = vm.wait_booted()
+    text = vm.wait(DOUBLE_RUNNING, timeout=60)
+    print(f"first boot: stage-90 marker after {seconds:.1f}s")
+
+    # Stage 10: unknown kubesolo.* parameters are warned about.
+    assert "[kubesolo-init] [WARN] Unknown boot parameter 'kubesolo.bogus=1'" in vm.log
+    # Stage 90: the arguments, in order, each a separate word, never evaluated.
+    args = double_args(text)
+    assert args[:3] == ["--path=/var/lib/kubesolo", "--local-storage=true", "--apiserver-extra-sans=kubesolo-abcdef"]
+    assert "--from-config-file=yes" in args
+    assert "--node-ip=10.0.2.15" in args and "--note=a b" in args
+    assert "[old-kubesolo]" not in vm.log
+    # The success marker comes before the handover.
+    assert vm.log.index(vmctl.SUCCESS_MARKER) < vm.log.index("[kubesolo-test-double] pid=")
+
+    vm.wait_ssh()
+    host = vm.testinfra()
+    assert not host.file("/tmp/pwned").exists, "kubesolo.flags was evaluated by a shell"
+
+    # Stage 00: virtual file systems, cgroup v2.
+    mounts = host.file("/proc/mounts").content_string
+    for point, fstype in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev", "devtmpfs"), ("/dev/pts", "devpts"),
+                          ("/dev/shm", "tmpfs"), ("/tmp", "tmpfs"), ("/run", "tmpfs"),
+                          ("/sys/fs/cgroup", "cgroup2")]:
+        assert re.search(rf"^\S+ {re.escape(point)} {fstype} ", mounts, re.M), (point, fstype)
+    # Stage 00: drivers of the hardware present loaded by modalias before the disk wait.
+    for module in ("virtio_blk", "virtio_net"):
+        assert host.file(f"/sys/module/{module}").is_directory, module
+    # Stage 20: ext4 data partition, the five bind mounts, first-boot structure.
+    assert re.search(r"^/dev/vda /mnt/data ext4 ", mounts, re.M)
+    for bind in role_defaults("init")["init_bind_mounts"]:
+        assert host.mount_point(bind["dest"]).exists, bind
+        assert host.file(f"/mnt/data/{bind['src']}").is_directory, bind
+    assert "First boot on this data partition" in vm.log
+    # /usr/local persists, yet KubeSolo is the image's.
+    assert host.file("/usr/local/bin/kubesolo").linked_to == IMAGE_BINARY
+    assert host.run("/usr/local/bin/mytool").stdout.strip() == "mine"
+    # Stage 30: every module of modules.list is loaded (or built in).
+    for module in BOOT_MODULES:
+        assert host.run(f"test -d /sys/module/{module}").rc == 0, module
+    # Stage 40: every sysctl applied.
+    for key, value in SYSCTLS.items():
+        assert host.file(f"/proc/sys/{key.replace('.', '/')}").content_string.strip() == str(value), key
+    # Stage 50: DHCP on the first physical interface, a private address up.
+    assert "10.0.2.15/24" in host.run("ip -4 -o addr show dev eth0").stdout
+    # Stage 60: MAC-derived hostname, in /etc/hostname and /etc/hosts, saved on the data partition.
+    assert host.run("hostname").stdout.strip() == "kubesolo-abcdef"
+    assert host.file("/etc/hostname").content_string.strip() == "kubesolo-abcdef"
+    assert re.search(r"^127\.0\.1\.1\s+kubesolo-abcdef", host.file("/etc/hosts").content_string, re.M)
+    assert host.file("/mnt/data/etc-kubesolo/hostname").content_string.strip() == "kubesolo-abcdef"
+    # Stage 80: CNI and containerd directories, / rshared, cgroup controllers for children.
+    for directory in ("/run/containerd", "/var/lib/containerd", "/etc/cni/net.d", "/opt/cni/bin"):
+        assert host.file(directory).is_directory, directory
+    root_line = next(line for line in host.file("/proc/1/mountinfo").content_string.splitlines()
+                     if line.split()[4] == "/")
+    assert "shared:" in root_line
+    controllers = host.file("/sys/fs/cgroup/cgroup.subtree_control").content_string.split()
+    assert {"cpuset", "cpu", "io", "memory", "pids"} <= set(controllers)
+    # Handover: busybox init is PID 1 and supervises KubeSolo.
+    assert host.run("readlink /proc/1/exe").stdout.strip() == "/bin/busybox"
+    assert "[kubesolo-test-double] pid=1\n" not in text
+
+    # Supervision: a KubeSolo that dies is started again.
+    vm.mark()
+    host.run("kill $(cat /run/kubesolo-os/kubesolo.pid)")
+    vm.wait(r"Starting KubeSolo", DOUBLE_RUNNING, timeout=60)
+    # Orphans are reaped by PID 1: no zombies left behind.
+    host.run("sh -c 'sleep 1 & exit 0'")
+    time.sleep(3)
+    states = host.run("cat /proc/[0-9]*/stat").stdout
+    assert not re.search(r"^\d+ \(\S+\) Z ", states, re.M), "zombie processes left"
+
+    # Stage 30 failures are warnings: an unknown module in modules.list.
+    result = host.run(
+        "cp /usr/lib/kubesolo-os/modules.list /tmp/modules.list.orig && "
+        "echo no_such_module_xyz >> /usr/lib/kubesolo-os/modules.list && "
+        "sh -c '. /usr/lib/kubesolo-os/functions.sh; . /usr/lib/kubesolo-os/init.d/30-kernel-modules.sh' 2>&1; "
+        "cp /tmp/modules.list.orig /usr/lib/kubesolo-os/modules.list")
+    assert "[WARN]" in result.stdout and "no_such_module_xyz" in result.stdout
+
+    # State that must survive a reboot, and a saved network configuration for the next boot.
+    host.run("echo state > /var/lib/kubesolo/state-file && echo log > /var/log/node.log && "
+             "echo tool2 > /usr/local/bin/mytool2")
+    host.run("printf '%s\\n' 'ip addr add 10.0.2.15/24 dev eth0' 'ip link set eth0 up' "
+             "'ip route add default via 10.0.2.2' 'KUBESOLO_IFACE=eth0' 'touch /run/saved-network-applied' "
+             "'return 0' > /mnt/data/network/interfaces.sh")
+    # poweroff: KubeSolo is stopped, the data partition unmounted cleanly.
+    vm.ssh("poweroff", check=False)
+    vm.wait_exit(timeout=90)
+    state = subprocess.run(["dumpe2fs", "-h", str(disk)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^Filesystem state:\s+clean$", state, re.M), state
+    subprocess.run(["e2fsck", "-fn", str(disk)], capture_output=True, check=True)
+
+    # Second boot of the same disk, by UUID, on a machine with another MAC address.
+    second = boot("second", disks=(disk,), mac="52:54:00:11:22:33",
+                  append=f"kubesolo.data=UUID={fs_uuid(disk)}")
+    second.wait_booted()
+    text = second.wait(DOUBLE_RUNNING, timeout=60)
+    assert "First boot on this data partition" not in second.log
+    assert "Applying saved network configuration" in second.log
+    second.wait_ssh()
+    host = second.testinfra()
+    assert host.file("/run/saved-network-applied").exists
+    assert host.run("hostname").stdout.strip() == "kubesolo-abcdef"  # the node name is stable
+    assert "--apiserver-extra-sans=kubesolo-abcdef" in double_args(text)
+    assert host.file("/var/lib/kubesolo/state-file").content_string.strip() == "state"
+    assert host.file("/var/log/node.log").content_string.strip() == "log"
+    assert host.file("/usr/local/bin/mytool2").content_string.strip() == "tool2"
+    assert host.file("/usr/local/bin/kubesolo").linked_to == IMAGE_BINARY
+
+
+# --------------------------------------------------------------------------------------------
+# The boot menu entries, booted from the ISO.
+# --------------------------------------------------------------------------------------------
+
+ISOLINUX_MENU = r"KubeSolo OS \d"
+
+
+def test_iso_entry_nopersist_keeps_the_data_partition_unmounted(boot, tmp_path):
+    disk = data_disk(tmp_path, "data")
+    vm = boot("nopersist", iso=True, disks=(disk,))
+    vm.choose_menu_entry(menu_index("kubesolo-nopersist"), ISOLINUX_MENU)
+    vm.wait_booted()
+    assert "kubesolo.nopersist: RAM-only mode" in vm.log
+    vm.wait_ssh()
+    host = vm.testinfra()
+    mounts = host.file("/proc/mounts").content_string
+    assert "/dev/vda" not in mounts
+    assert re.search(r"^tmpfs /mnt/data tmpfs ", mounts, re.M)
+    assert host.mount_point("/var/lib/kubesolo").exists
+    assert "kubesolo.nopersist" in host.file("/proc/cmdline").content_string
+
+
+def test_iso_entry_debug_traces_the_stages(boot):
+    vm = boot("debug", iso=True)
+    vm.choose_menu_entry(menu_index("kubesolo-debug"), ISOLINUX_MENU)
+    vm.wait_booted()
+    log = vm.log
+    # set -x trace of the stages, on the serial console.
+    assert re.search(r"^\+ ", log, re.M), "no set -x trace in the serial log"
+    assert "debug=1" in log
+    # The kernel's own log is verbose too (loglevel=7).
+    assert re.search(r"^\[\s*\d+\.\d+\] ", log, re.M)
+
+
+def test_iso_entry_shell_opens_a_protected_shell_after_stage_10(boot):
+    vm = boot("shell", iso=True, ssh=False)
+    vm.choose_menu_entry(menu_index("kubesolo-shell"), ISOLINUX_MENU)
+    text = vm.wait(r"\[OK\] Stage 10-parse-cmdline\.sh complete", r"Emergency shell \(kubesolo\.shell given\)",
+                   r"[Pp]assword", timeout=180)
+    assert "Stage 20-persistent-mount.sh starting" not in text
+    # The emergency shell is protected by the build-time root password.
+    vm.type(ROOT_PASSWORD + "\r")
+    vm.wait(r"#\s*$", timeout=60)
+    vm.mark()
+    vm.type("echo shell-$((6*7))\r")
+    vm.wait(r"shell-42", timeout=30)
+    vm.type("exit\r")
+    vm.wait(r"Stage 20-persistent-mount\.sh starting", OK90, timeout=180)
+
+
+# --------------------------------------------------------------------------------------------
+# Boot parameters and failure handling (direct kernel boot).
+# --------------------------------------------------------------------------------------------
+
+def test_named_data_device_that_never_appears_stops_the_boot_and_exit_retries(boot):
+    vm = boot("missing", ssh=False, append="kubesolo.data=/dev/vdz kubesolo.datawait=3")
+    vm.wait(r"\[ERROR\] Data device /dev/vdz did not appear within 3s",
+            r"\[ERROR\] Stage 20-persistent-mount\.sh failed", r"[Pp]assword", errors_fail=False, timeout=180)
+    assert vmctl.SUCCESS_MARKER not in vm.log
+    vm.type(ROOT_PASSWORD + "\r")
+    vm.wait(r"#\s*$", timeout=60, errors_fail=False)
+    vm.mark()
+    # From the shell: run from RAM this time, then exit to retry from the failed stage.
+    vm.type("echo KUBESOLO_NOPERSIST=1 > /run/kubesolo-os/emergency.env; exit\r")
+    vm.wait(r"Retrying the boot from stage 20-persistent-mount\.sh", OK90, timeout=180, errors_fail=False)
+
+
+def test_unrepairable_file_system_is_never_mounted_or_formatted(boot, tmp_path):
+    disk = data_disk(tmp_path, "broken")
+    uuid = fs_uuid(disk)
+    subprocess.run(["debugfs", "-w", "-R", "clri <2>", str(disk)], capture_output=True, check=True)
+    vm = boot("broken", ssh=False, disks=(disk,), append="kubesolo.data=/dev/vda")
+    vm.wait(r"\[ERROR\] e2fsck found errors it could not fix on /dev/vda", r"\[ERROR\] Stage 20-persistent-mount",
+            errors_fail=False, timeout=180)
+    vm.stop()
+    assert fs_uuid(disk) == uuid, "the data partition was reformatted"
+    assert vmctl.SUCCESS_MARKER not in vm.log
+
+
+def test_no_data_partition_falls_back_to_ram_with_a_warning(boot):
+    """The menu's default kubesolo.data=LABEL=KSOLODATA with no such disk: RAM-only, the boot goes on.
+    Without a network card there is no private address: a clear warning, not a failure."""
+    vm = boot("ramonly", ssh=False, network=False, append="kubesolo.data=LABEL=KSOLODATA kubesolo.datawait=3")
+    vm.wait_booted()
+    vm.wait(DOUBLE_RUNNING, timeout=60)
+    log = vm.log
+    assert "[WARN] No partition labelled KSOLODATA appeared within 3s: RAM-only mode" in log
+    assert "[WARN] No private (RFC 1918) IPv4 address is up" in log
+
+
+def test_data_partition_found_by_label_without_kubesolo_data_and_clock_not_before_build(boot, tmp_path):
+    disk = data_disk(tmp_path, "auto")
+    vm = boot("auto", disks=(disk,), extra_args=["-rtc", "base=1990-01-01T00:00:00"])
+    vm.wait_booted()
+    log = vm.log
+    assert "kubesolo.data not given: found LABEL=KSOLODATA on /dev/vda" in log
+    assert "Clock was before the image build time" in log
+    manifest_epoch = int(re.search(r'"source_date_epoch": (\d+)', (vm_image_manifest()).read_text()).group(1))
+    vm.wait_ssh()
+    assert int(vm.ssh("date +%s").stdout) >= manifest_epoch
+
+
+def vm_image_manifest() -> Path:
+    return REPO / "build" / "test" / "output" / "manifest.json"
+
+
+# --------------------------------------------------------------------------------------------
+# The spec's literal handover: KubeSolo exec'ed as PID 1.
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def exec_image(built_image):
+    from conftest import BUILD_VARS, BuiltImage
+
+    other = REPO / "build" / "test-exec"
+    run = ansible_playbook("build.yml", "-e", f"@{BUILD_VARS}", "-e", "init_handover=exec",
+                           "-e", f"kubesolo_os_build_dir={other}", "-e", f"kubesolo_os_output_dir={other}/output")
+    return BuiltImage(output=other / "output", first_run=run)
+
+
+def test_exec_handover_makes_kubesolo_pid_1(boot, exec_image):
+    vm = boot("exec", image=exec_image, ssh=False, append="kubesolo.data=LABEL=KSOLODATA kubesolo.datawait=1")
+    vm.wait_booted()
+    text = vm.wait(DOUBLE_RUNNING, timeout=60)
+    assert "[kubesolo-test-double] pid=1" in text
+    assert "Executing /usr/local/bin/kubesolo as PID 1" in text
