@@ -71,7 +71,21 @@ class Guest:
     def choose_menu_entry(self, index: int, menu_pattern: str) -> None:
         """Pick the index-th entry of the boot menu (isolinux or GRUB) with the arrow keys."""
         self.wait(menu_pattern, timeout=120)
-        self.type(MENU_DOWN * index + b"\r", delay=0.15)
+        # Each escape sequence in one write: a lone ESC followed by a pause is the Esc key.
+        for _ in range(index):
+            self.type(MENU_DOWN, delay=0)
+            time.sleep(0.3)
+        self.type(b"\r", delay=0)
+
+    def wait_shell_prompt(self, timeout: float = 60, errors_fail: bool = False) -> None:
+        """Wait for a root shell prompt on the console and answer its terminal query.
+
+        busybox ash asks the terminal for the cursor position (ESC [6n) and waits for the reply;
+        a serial log is no terminal, so the reply is typed for it."""
+        text = self.wait(r"# (\x1b\[6n)?$", timeout=timeout, errors_fail=errors_fail)
+        if text.endswith("\x1b[6n"):
+            self.type(b"\x1b[1;1R", delay=0)
+        self.mark()
 
     # --- SSH ------------------------------------------------------------------------------
     def ssh_command(self, command: str) -> list[str]:

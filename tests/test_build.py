@@ -23,7 +23,8 @@ def sha256(path) -> str:
 def test_outputs_exist_and_match_sha256sums(built_image):
     sums = (built_image.output / "SHA256SUMS").read_text().splitlines()
     listed = dict(reversed(line.split("  ", 1)) for line in sums)
-    assert set(listed) == {built_image.iso.name, "vmlinuz", "initramfs"}
+    image = next(built_image.output.glob("kubesolo-os-*-amd64.img")).name  # roles/disk_image
+    assert set(listed) == {built_image.iso.name, image, "vmlinuz", "initramfs"}
     for name, digest in listed.items():
         assert sha256(built_image.output / name) == digest, name
 
@@ -97,3 +98,20 @@ def test_missing_kubesolo_source_fails_naming_the_variable(built_image):
     )
     assert run.result.returncode != 0
     assert "kubesolo_binary_src" in run.result.stdout
+
+
+def test_root_password_is_stored_hashed_and_never_printed(built_image):
+    """The emergency shell's password: only a SHA-512 crypt hash in the image, never in clear."""
+    from conftest import ROOT_PASSWORD
+    from passlib.hash import sha512_crypt
+
+    assert ROOT_PASSWORD not in built_image.first_run.result.stdout
+    shadow = REPO / "build" / "test" / "layers" / "init" / "etc" / "shadow"
+    assert oct(shadow.stat().st_mode & 0o777) == "0o600"
+    root_hash = next(line for line in shadow.read_text().splitlines() if line.startswith("root:")).split(":")[1]
+    assert root_hash.startswith("$6$")
+    assert sha512_crypt.verify(ROOT_PASSWORD, root_hash)
+    for layer in (REPO / "build" / "test" / "layers").iterdir():
+        for path in layer.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 1_000_000:
+                assert ROOT_PASSWORD.encode() not in path.read_bytes(), path

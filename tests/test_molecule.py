@@ -20,3 +20,19 @@ def test_molecule_default_first_boot(built_image):
             f"--- serial log ({serial_log}) ---\n{tail}",
             pytrace=False,
         )
+
+
+def test_molecule_fleet(built_image):
+    """Two QEMU nodes provisioned over SSH by playbooks/provision-data.yml, rebooted, checked by testinfra."""
+    env = tool_env()
+    env["KUBESOLO_OS_ISO"] = str(built_image.iso)
+    result = run([str(VENV_BIN / "molecule"), "test", "-s", "fleet"], cwd=REPO, env=env, timeout=2400, check=False)
+    workdir = ARTIFACTS / "molecule-fleet"
+    if result.returncode != 0:
+        tails = []
+        for node in ("fleet-node-1", "fleet-node-2"):
+            log = workdir / f"{node}.serial.log"
+            tail = log.read_text(errors="replace")[-2500:] if log.exists() else "(no serial log)"
+            tails.append(f"--- serial log {log} ---\n{tail}")
+        pytest.fail(f"molecule test -s fleet failed:\n{(result.stdout + result.stderr)[-6000:]}\n" + "\n".join(tails),
+                    pytrace=False)

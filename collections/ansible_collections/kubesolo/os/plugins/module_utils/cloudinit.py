@@ -1,0 +1,530 @@
+# MIT License (see LICENSE or https://opensource.org/licenses/MIT)
+"""Parser and validator of KubeSolo OS cloud-init files (a strict YAML subset, docs/cloud-init.md).
+
+The boot side (roles/init/files/cloud-init.awk, busybox awk) implements the SAME algorithm: both
+turn a file into the same flat node list and the same diagnostics (level, key, line), against the
+same schema (files/cloud-init-schema.yml). Keep the two in step; tests/test_cloudinit.py runs both
+on every fixture and asserts that they agree.
+
+Flat form, one record per line (values escaped: backslash, newline, tab as \\\\, \\n, \\t):
+  N<TAB>kind<TAB>line<TAB>path<TAB>value   kind: M mapping, L list, Z null (`key:` and nothing),
+                                           P plain, Q quoted, B block (`|`) scalar
+  D<TAB>level<TAB>line<TAB>key<TAB>message level: ERROR or WARN
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_./-]+:( |$)")
+BLOCK_RE = re.compile(r"^\|(-?)( +#.*)?$")
+INDEX_RE = re.compile(r"\[[0-9]+\]")
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+CONTAINER_TYPES = ("map", "map_any", "list")
+VALUE_TYPES = (
+    "string", "text", "secret", "hostname", "host", "ifname", "mac", "bool", "ipv4", "cidr4", "url",
+    "noproxy", "sshkey", "pem", "sysctl_value", "flag", "path", "mode",
+)
+
+
+@dataclass
+class Node:
+    kind: str
+    line: int
+    path: str
+    value: str = ""
+
+
+@dataclass
+class Diagnostic:
+    level: str  # ERROR or WARN
+    line: int
+    key: str
+    message: str
+
+    def text(self, source: str = "cloud-init") -> str:
+        return f"{source} line {self.line}: {self.key or '(top level)'}: {self.message}"
+
+
+@dataclass
+class Result:
+    nodes: list[Node] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.level == "ERROR"]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.level == "WARN"]
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def flat(self) -> list[str]:
+        lines = [f"N\t{n.kind}\t{n.line}\t{n.path}\t{escape(n.value)}" for n in self.nodes]
+        lines += [f"D\t{d.level}\t{d.line}\t{d.key}\t{d.message}" for d in self.diagnostics]
+        return lines
+
+    def data(self) -> Any:
+        """The nodes as Python data (mappings, lists, strings); None when invalid."""
+        if not self.valid:
+            return None
+        return to_data(self.nodes)
+
+
+class ParseError(Exception):
+    def __init__(self, line: int, key: str, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.key = key
+        self.message = message
+
+
+def escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------
+
+def child_path(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def parse_scalar(text: str, line: int, key: str, in_flow: bool = False) -> tuple[str, str]:
+    """(kind P|Q, value) of an inline scalar; raises ParseError."""
+    first = text[:1]
+    if first in ('"', "'"):
+        out = []
+        i = 1
+        closed = False
+        while i < len(text):
+            c = text[i]
+            if first == "'" and c == "'":
+                if text[i + 1:i + 2] == "'":
+                    out.append("'")
+                    i += 2
+                    continue
+                closed = True
+                break
+            if first == '"' and c == '"':
+                closed = True
+                break
+            if first == '"' and c == "\\":
+                nxt = text[i + 1:i + 2]
+                mapping = {"\\": "\\", '"': '"', "n": "\n", "t": "\t"}
+                if nxt not in mapping:
+                    raise ParseError(line, key, f"unsupported escape '\\{nxt}' in a double-quoted value")
+                out.append(mapping[nxt])
+                i += 2
+                continue
+            out.append(c)
+            i += 1
+        if not closed:
+            raise ParseError(line, key, "unterminated quoted value (quotes must close on the same line)")
+        rest = text[i + 1:]
+        if rest.strip(" \t") and not re.match(r"^ +#", rest):
+            raise ParseError(line, key, "unexpected text after the closing quote")
+        return "Q", "".join(out)
+    if first and first in "&*!%@`{|>":
+        raise ParseError(line, key, f"a value starting with '{first}' is not supported: quote the value")
+    if in_flow and first == "[":
+        raise ParseError(line, key, "nested lists are not supported")
+    if text == "-" or text.startswith("- "):
+        raise ParseError(line, key, "a value starting with '- ' is not supported: quote the value")
+    pos = text.find(" #")
+    if pos >= 0:
+        text = text[:pos]
+    text = text.rstrip(" ")
+    if ": " in text or text.endswith(":"):
+        raise ParseError(line, key, "': ' inside a plain value: quote the value")
+    return "P", text
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.lines = text.split("\n")
+        if self.lines and self.lines[-1] == "":
+            self.lines.pop()
+        self.nodes: list[Node] = []
+        # Stack of open containers: [indent of children, kind M|L, path, next list index].
+        self.stack: list[list[Any]] = [[0, "M", "", 0]]
+        self.seen: set[tuple[str, str]] = set()
+        self.pending: tuple[str, int, int] | None = None  # path, indent, line
+        self.block: dict[str, Any] | None = None
+        self.content_seen = False
+
+    def emit(self, kind: str, line: int, path: str, value: str = "") -> None:
+        self.nodes.append(Node(kind, line, path, value))
+
+    def finish_block(self) -> None:
+        block = self.block
+        if block is None:
+            return
+        lines = list(block["lines"])
+        while lines and lines[-1] == "":
+            lines.pop()
+        value = "\n".join(lines)
+        if lines and not block["strip"]:
+            value += "\n"
+        self.emit("B", block["line"], block["path"], value)
+        self.block = None
+
+    def run(self) -> None:
+        for number, raw in enumerate(self.lines, start=1):
+            self.line(number, raw[:-1] if raw.endswith("\r") else raw)
+        if self.block is not None:
+            self.finish_block()
+        if self.pending is not None:
+            path, dummy, line = self.pending
+            self.emit("Z", line, path)
+            self.pending = None
+
+    def line(self, number: int, text: str) -> None:
+        spaces = len(text) - len(text.lstrip(" "))
+        if self.block is not None:
+            block = self.block
+            if text.strip(" ") == "":
+                block["lines"].append(text[block["indent"]:] if block["indent"] else "")
+                return
+            if block["indent"] is None and spaces > block["parent"]:
+                block["indent"] = spaces
+            if block["indent"] is not None and spaces >= block["indent"]:
+                block["lines"].append(text[block["indent"]:])
+                return
+            self.finish_block()
+        stripped = text.strip(" \t")
+        if stripped == "" or stripped.startswith("#"):
+            return
+        if text == "---" and not self.content_seen:
+            return
+        self.content_seen = True
+        key_here = self.stack[-1][2]
+        if text[spaces:spaces + 1] == "\t":
+            raise ParseError(number, self.pending[0] if self.pending else key_here,
+                             "tab character in the indentation (use spaces)")
+        if text == "---" or text == "...":
+            raise ParseError(number, key_here, "only one YAML document is supported")
+        content = text[spaces:].rstrip(" \t")
+        if self.pending is not None:
+            path, indent, line = self.pending
+            self.pending = None
+            if spaces == indent + 2:
+                kind = "L" if content == "-" or content.startswith("- ") else "M"
+                self.emit(kind, line, path)
+                self.stack.append([spaces, kind, path, 0])
+            elif spaces > indent:
+                raise ParseError(number, path, f"indent nested entries by exactly 2 spaces (expected {indent + 2})")
+            else:
+                self.emit("Z", line, path)
+        while len(self.stack) > 1 and self.stack[-1][0] > spaces:
+            self.stack.pop()
+        top = self.stack[-1]
+        if top[0] != spaces:
+            raise ParseError(number, top[2], f"unexpected indentation of {spaces} spaces (expected {top[0]})")
+        if top[1] == "M":
+            self.map_entry(number, top, content, spaces)
+        else:
+            self.list_item(number, top, content, spaces)
+
+    def map_entry(self, number: int, top: list[Any], content: str, indent: int) -> None:
+        match = KEY_RE.match(content)
+        if not match:
+            if content == "-" or content.startswith("- "):
+                raise ParseError(number, top[2], "a list item where a 'key: value' entry is expected")
+            raise ParseError(number, top[2], "expected 'key: value'")
+        key = content[:content.index(":")]
+        path = child_path(top[2], key)
+        if (top[2], key) in self.seen:
+            raise ParseError(number, path, "duplicate key")
+        self.seen.add((top[2], key))
+        self.value(number, path, content[len(key) + 1:].lstrip(" "), indent)
+
+    def list_item(self, number: int, top: list[Any], content: str, indent: int) -> None:
+        if not (content == "-" or content.startswith("- ")):
+            raise ParseError(number, top[2], "expected a list item ('- ...')")
+        path = f"{top[2]}[{top[3]}]"
+        top[3] += 1
+        rest = content[2:]
+        if rest == "" or rest.startswith("#"):
+            raise ParseError(number, path, "empty list item")
+        if rest.startswith(" "):
+            raise ParseError(number, path, "put exactly one space after '-'")
+        if KEY_RE.match(rest):
+            self.emit("M", number, path)
+            entry = [indent + 2, "M", path, 0]
+            self.stack.append(entry)
+            self.map_entry(number, entry, rest, indent + 2)
+            return
+        self.value(number, path, rest, indent)
+
+    def value(self, number: int, path: str, rest: str, indent: int) -> None:
+        if rest == "" or rest.startswith("#"):
+            self.pending = (path, indent, number)
+            return
+        block = BLOCK_RE.match(rest)
+        if block:
+            self.block = {"path": path, "parent": indent, "line": number, "strip": block.group(1) == "-",
+                          "indent": None, "lines": []}
+            return
+        if rest.startswith(">"):
+            raise ParseError(number, path, "folded block values ('>') are not supported: use '|'")
+        if rest.startswith("["):
+            end = rest.find("]")
+            if end < 0:
+                raise ParseError(number, path, "unterminated flow list ('[' without ']')")
+            after = rest[end + 1:]
+            if after.strip(" \t") and not re.match(r"^ +#", after):
+                raise ParseError(number, path, "unexpected text after the closing ']'")
+            inner = rest[1:end]
+            self.emit("L", number, path)
+            if inner.strip(" ") == "":
+                return
+            for index, item in enumerate(inner.split(",")):
+                item = item.strip(" ")
+                item_path = f"{path}[{index}]"
+                if item == "":
+                    raise ParseError(number, item_path, "empty item in a flow list")
+                kind, value = parse_scalar(item, number, item_path, in_flow=True)
+                self.emit(kind, number, item_path, value)
+            return
+        kind, value = parse_scalar(rest, number, path)
+        self.emit(kind, number, path, value)
+
+
+def parse(text: str) -> tuple[list[Node], Diagnostic | None]:
+    """Nodes of a file, and its first syntax error (parsing stops there)."""
+    parser = _Parser(text)
+    try:
+        parser.run()
+    except ParseError as exc:
+        return parser.nodes, Diagnostic("ERROR", exc.line, exc.key, exc.message)
+    return parser.nodes, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+def _is_ipv4(value: str) -> bool:
+    parts = value.split(".")
+    if len(parts) != 4:
+        return False
+    for part in parts:
+        if not re.match(r"^[0-9]+$", part) or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
+            return False
+        if int(part) > 255:
+            return False
+    return True
+
+
+def _is_hostname(value: str) -> bool:
+    if value == "" or len(value) > 253 or not re.match(r"^[a-z0-9.-]+$", value):
+        return False
+    for label in value.split("."):
+        if label == "" or len(label) > 63 or label.startswith("-") or label.endswith("-"):
+            return False
+    return True
+
+
+def check_value(kind: str, type_name: str, value: str, schema: dict[str, Any]) -> str:
+    """'' when value is a valid TYPE_NAME, else what is wrong (never the value: it may be secret)."""
+    multi = "\n" in value
+    if type_name != "text" and type_name != "pem" and multi:
+        return "must be a single line"
+    if value == "" and type_name != "bool":
+        return "must not be empty"
+    if type_name in ("string", "text", "secret", "sysctl_value"):
+        return ""
+    if type_name == "hostname":
+        return "" if _is_hostname(value) else "not a lowercase RFC 1123 host name"
+    if type_name == "host":
+        return "" if _is_ipv4(value) or _is_hostname(value.lower()) else "not a host name or IPv4 address"
+    if type_name == "ifname":
+        ok = re.match(r"^[A-Za-z0-9_.-]+$", value) and len(value) <= 15
+        return "" if ok else "not an interface name (at most 15 of A-Z a-z 0-9 _ . -)"
+    if type_name == "mac":
+        ok = re.match(r"^[0-9A-Fa-f][0-9A-Fa-f](:[0-9A-Fa-f][0-9A-Fa-f])+$", value) and len(value) == 17
+        return "" if ok else "not a MAC address (xx:xx:xx:xx:xx:xx)"
+    if type_name == "bool":
+        return "" if kind == "P" and value in ("true", "false") else "must be true or false (unquoted)"
+    if type_name == "ipv4":
+        return "" if _is_ipv4(value) else "not an IPv4 address"
+    if type_name == "cidr4":
+        address, dummy, prefix = value.partition("/")
+        ok = (_is_ipv4(address) and re.match(r"^[0-9]+$", prefix) is not None and len(prefix) <= 2
+              and (prefix == "0" or prefix[0] != "0") and 1 <= int(prefix) <= 32)
+        return "" if ok else "not an IPv4 address with prefix (10.0.0.5/24)"
+    if type_name == "url":
+        return "" if re.match(r"^https?://[^ \t]+$", value) else "not an http:// or https:// URL"
+    if type_name == "noproxy":
+        return "" if re.match(r"^[^ \t,]+$", value) else "must not contain spaces or commas"
+    if type_name == "sshkey":
+        words = value.split(" ")
+        ok = (len(words) >= 2 and words[0] in SSH_KEY_TYPES and re.match(r"^[A-Za-z0-9+/=]+$", words[1]) is not None
+              and len(words[1]) >= 16)
+        return "" if ok else "not an OpenSSH public key ('ssh-ed25519 AAAA... comment')"
+    if type_name == "pem":
+        lines = value.split("\n")
+        ok = (lines[0] == "-----BEGIN CERTIFICATE-----" and "-----END CERTIFICATE-----" in lines[1:])
+        return "" if ok else "not a PEM certificate (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
+    if type_name == "flag":
+        return "" if re.match(r"^--[a-z0-9][a-z0-9-]*(=.*)?$", value) else "not a flag (--name or --name=value)"
+    if type_name == "path":
+        if not re.match(r"^/[A-Za-z0-9._@+/-]*[A-Za-z0-9._@+-]$", value) or "//" in value or "/./" in value \
+                or "/../" in value or value.endswith("/.") or value.endswith("/.."):
+            return "not a clean absolute path"
+        for directory in schema["persistent_dirs"]:
+            if value.startswith(directory + "/"):
+                return ""
+        return "must be below one of " + " ".join(schema["persistent_dirs"])
+    if type_name == "mode":
+        return "" if re.match(r"^0?[0-7][0-7][0-7]$", value) else "not an octal mode ('0644')"
+    return f"unknown type {type_name}"
+
+
+def load_schema(data: dict[str, Any]) -> dict[str, Any]:
+    """Checks and indexes a schema loaded from files/cloud-init-schema.yml."""
+    keys: dict[str, dict[str, Any]] = {}
+    for entry in data["keys"]:
+        if entry["type"] not in CONTAINER_TYPES + VALUE_TYPES:
+            raise ValueError(f"schema key {entry['key']}: unknown type {entry['type']}")
+        keys[entry["key"]] = entry
+    return {"keys": keys, "persistent_dirs": list(data["persistent_dirs"]),
+            "mandatory_no_proxy": list(data.get("mandatory_no_proxy", []))}
+
+
+def _under(path: str, prefixes: list[str]) -> bool:
+    return any(path.startswith(p + ".") or path.startswith(p + "[") for p in prefixes)
+
+
+def validate(nodes: list[Node], schema: dict[str, Any]) -> list[Diagnostic]:
+    keys = schema["keys"]
+    out: list[Diagnostic] = []
+    skipped: list[str] = []
+    by_path = {n.path: n for n in nodes}
+    for node in nodes:
+        if _under(node.path, skipped):
+            continue
+        norm = INDEX_RE.sub("[]", node.path)
+        entry = keys.get(norm)
+        if entry is None:
+            for key, candidate in keys.items():
+                if candidate["type"] == "map_any" and norm.startswith(key + ".") and key + ".*" in keys:
+                    entry = keys[key + ".*"]
+                    if not re.match(candidate.get("key_pattern", "^.+$"), norm[len(key) + 1:]):
+                        entry = {"type": "badname"}
+                    break
+        if entry is None:
+            out.append(Diagnostic("WARN", node.line, node.path, "unknown key: ignored"))
+            skipped.append(node.path)
+            continue
+        if entry["type"] == "badname":
+            out.append(Diagnostic("ERROR", node.line, node.path, "invalid name"))
+            skipped.append(node.path)
+            continue
+        type_name = entry["type"]
+        if type_name in ("map", "map_any"):
+            if node.kind not in ("M", "Z"):
+                out.append(Diagnostic("ERROR", node.line, node.path, "must be a mapping ('key: value' entries)"))
+                skipped.append(node.path)
+            continue
+        if type_name == "list":
+            if node.kind not in ("L", "Z"):
+                out.append(Diagnostic("ERROR", node.line, node.path, "must be a list"))
+                skipped.append(node.path)
+            continue
+        if node.kind in ("M", "L"):
+            out.append(Diagnostic("ERROR", node.line, node.path, "must be a single value, not a mapping or list"))
+            skipped.append(node.path)
+            continue
+        if node.kind == "Z":
+            out.append(Diagnostic("ERROR", node.line, node.path, "has no value"))
+            continue
+        message = check_value(node.kind, type_name, node.value, schema)
+        if message:
+            out.append(Diagnostic("ERROR", node.line, node.path, message))
+    # Rules that involve several keys.
+    for node in nodes:
+        if node.kind != "M" or _under(node.path, skipped):
+            continue
+        norm = INDEX_RE.sub("[]", node.path)
+        p = node.path
+        if norm == "network.interfaces[]":
+            if (p + ".name" in by_path) == (p + ".mac" in by_path):
+                out.append(Diagnostic("ERROR", node.line, p, "needs exactly one of name or mac"))
+            dhcp = by_path.get(p + ".dhcp")
+            if dhcp is not None and dhcp.value == "true" and dhcp.kind == "P":
+                for sub in ("addresses", "gateway"):
+                    if p + "." + sub in by_path:
+                        other = by_path[p + "." + sub]
+                        out.append(Diagnostic("ERROR", other.line, other.path, "not allowed with dhcp: true"))
+            elif p + ".addresses[0]" not in by_path:
+                line = by_path[p + ".addresses"].line if p + ".addresses" in by_path else node.line
+                out.append(Diagnostic("ERROR", line, p + ".addresses", "required unless dhcp: true"))
+        elif norm == "write_files[]":
+            for sub in ("path", "content"):
+                if p + "." + sub not in by_path:
+                    out.append(Diagnostic("ERROR", node.line, p + "." + sub, "required"))
+        elif norm == "kubesolo":
+            has_id = p + ".portainer_edge_id" in by_path
+            has_key = p + ".portainer_edge_key" in by_path
+            if has_id != has_key:
+                present = by_path[p + (".portainer_edge_id" if has_id else ".portainer_edge_key")]
+                missing = p + (".portainer_edge_key" if has_id else ".portainer_edge_id")
+                out.append(Diagnostic("ERROR", present.line, missing,
+                                      "portainer_edge_id and portainer_edge_key must be given together"))
+    out.sort(key=lambda d: d.line)
+    return out
+
+
+def check(text: str, schema: dict[str, Any]) -> Result:
+    """Parse and validate a cloud-init file's text against a schema from load_schema()."""
+    nodes, error = parse(text)
+    if error is not None:
+        return Result(nodes, [error])
+    return Result(nodes, validate(nodes, schema))
+
+
+def to_data(nodes: list[Node]) -> Any:
+    """Python data of a node list (paths are built by the parser, so they nest cleanly)."""
+    root: dict[str, Any] = {}
+    containers: dict[str, Any] = {"": root}
+    for node in nodes:
+        if node.path.endswith("]"):
+            parent = containers[node.path[:node.path.rindex("[")]]
+            key: Any = None
+        else:
+            parent_path = max((p for p in containers if p == "" or node.path.startswith(p + ".")), key=len)
+            parent = containers[parent_path]
+            key = node.path[len(parent_path) + 1:] if parent_path else node.path
+        value: Any
+        if node.kind == "M":
+            value = {}
+            containers[node.path] = value
+        elif node.kind == "L":
+            value = []
+            containers[node.path] = value
+        elif node.kind == "Z":
+            value = None
+        else:
+            value = node.value
+        if key is None:
+            parent.append(value)
+        else:
+            parent[key] = value
+    return root

@@ -1,0 +1,358 @@
+"""Cloud-init (docs/cloud-init.md): the Python validator and the boot-time busybox awk parser.
+
+One set of fixtures (tests/fixtures/cloud-init/{valid,invalid}) drives both parsers: they must print
+the same nodes and the same diagnostics (level, key, line) for every fixture; every invalid fixture
+is rejected by both, naming the key and the line recorded in its expected.yml. The shipped examples
+must be valid. The shell helpers run under the host's `busybox sh`; the boot tests apply a file in
+QEMU and reject an invalid one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
+from conftest import REPO, VENV_BIN, run, tool_env
+from test_init_shell import _run_role
+
+FIXTURES = REPO / "tests" / "fixtures" / "cloud-init"
+EXAMPLES = REPO / "files" / "cloud-init" / "examples"
+SCHEMA_FILE = REPO / "files" / "cloud-init-schema.yml"
+LIBDIR = "usr/lib/kubesolo-os"
+BUSYBOX = shutil.which("busybox")
+SCHEMA = cloudinit.load_schema(yaml.safe_load(SCHEMA_FILE.read_text()))
+
+VALID = sorted((FIXTURES / "valid").glob("*.yaml"))
+INVALID = sorted((FIXTURES / "invalid").glob("*.yaml"))
+VALID_EXPECTED = yaml.safe_load((FIXTURES / "valid" / "expected.yml").read_text()) or {}
+INVALID_EXPECTED = yaml.safe_load((FIXTURES / "invalid" / "expected.yml").read_text())
+
+needs_busybox = pytest.mark.skipif(BUSYBOX is None, reason="busybox is not installed")
+
+
+@pytest.fixture(scope="module")
+def ci_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The init layer rendered by the role (cloud-init.awk, cloud-init.schema, cloud-init.sh)."""
+    workdir = tmp_path_factory.mktemp("init-role-ci")
+    _run_role(workdir, workdir / "layers")
+    return workdir / "layers" / "init"
+
+
+def python_flat(path: Path) -> list[str]:
+    return cloudinit.check(path.read_text(), SCHEMA).flat()
+
+
+def awk_flat(layer: Path, path: Path) -> list[str]:
+    result = subprocess.run(
+        [BUSYBOX, "awk", "-v", f"schema={layer / LIBDIR / 'cloud-init.schema'}", "-f",
+         str(layer / LIBDIR / "cloud-init.awk"), str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def diagnostics(flat: list[str], level: str) -> list[tuple[str, int]]:
+    return [(f[3], int(f[2])) for f in (line.split("\t") for line in flat) if f[0] == "D" and f[1] == level]
+
+
+# --------------------------------------------------------------------------------------------
+# Both parsers on every fixture
+# --------------------------------------------------------------------------------------------
+
+def test_fixture_lists_are_complete():
+    assert set(INVALID_EXPECTED) == {p.name for p in INVALID}
+    assert set(VALID_EXPECTED) <= {p.name for p in VALID}
+    assert len(VALID) >= 5 and len(INVALID) >= 20
+
+
+@needs_busybox
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_valid_fixture_both_parsers_agree(ci_layer: Path, path: Path):
+    py, awk = python_flat(path), awk_flat(ci_layer, path)
+    assert py == awk
+    assert diagnostics(py, "ERROR") == []
+    expected = [(w["key"], w["line"]) for w in VALID_EXPECTED.get(path.name, {}).get("warnings", [])]
+    assert diagnostics(py, "WARN") == expected
+    # The subset is real YAML.
+    yaml.safe_load(path.read_text())
+
+
+@needs_busybox
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_fixture_rejected_by_both_naming_the_key(ci_layer: Path, path: Path):
+    py, awk = python_flat(path), awk_flat(ci_layer, path)
+    assert py == awk
+    expected = INVALID_EXPECTED[path.name]
+    assert (expected["key"], expected["line"]) in diagnostics(py, "ERROR")
+    assert (expected["key"], expected["line"]) in diagnostics(awk, "ERROR")
+
+
+@needs_busybox
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_valid(ci_layer: Path, path: Path):
+    py, awk = python_flat(path), awk_flat(ci_layer, path)
+    assert py == awk
+    assert [line for line in py if line.startswith("D")] == []
+
+
+def test_examples_shipped():
+    assert {p.stem for p in EXAMPLES.glob("*.yaml")} == {"dhcp", "static-ip", "portainer-edge", "proxy", "air-gapped"}
+
+
+def test_schema_table_rendered_from_the_schema(ci_layer: Path):
+    table = (ci_layer / LIBDIR / "cloud-init.schema").read_text()
+    rows = [line.split("\t") for line in table.splitlines() if line.startswith("K\t")]
+    assert [(r[1], r[2]) for r in rows] == [(k, v["type"]) for k, v in SCHEMA["keys"].items()]
+    dirs = [line.split("\t")[1] for line in table.splitlines() if line.startswith("P\t")]
+    assert dirs == SCHEMA["persistent_dirs"]
+
+
+def test_schema_is_documented():
+    doc = (REPO / "docs" / "cloud-init.md").read_text()
+    for key in SCHEMA["keys"]:
+        assert f"`{key}`" in doc, key
+
+
+def test_python_data_view():
+    data = cloudinit.check((FIXTURES / "valid" / "full.yaml").read_text(), SCHEMA).data()
+    assert data["network"]["interfaces"][0]["addresses"] == ["10.0.2.15/24", "10.0.2.200/24"]
+    assert data["sysctls"]["net.ipv4.ip_local_port_range"] == "1024 65000"
+    assert data["write_files"][1]["content"] == '#!/bin/sh\necho "hello: world"'
+
+
+# --------------------------------------------------------------------------------------------
+# Shell helpers (busybox sh), with a stand-in `ip`
+# --------------------------------------------------------------------------------------------
+
+def bb(layer: Path, tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
+    lib = layer / LIBDIR
+    prelude = (f'. "{lib}/functions.sh"\nKSI_LIBDIR="{lib}"\nKSI_RUNDIR="{tmp_path}"\n'
+               f'. "{lib}/cloud-init.sh"\nKSI_CI_FLAT="{tmp_path}/flat"\n')
+    return subprocess.run([BUSYBOX, "sh", "-c", prelude + script], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "KSI_LOG_CONSOLES": ""}, check=False)
+
+
+@needs_busybox
+def test_shell_check_logs_key_and_line_and_rejects(ci_layer: Path, tmp_path: Path):
+    result = bb(ci_layer, tmp_path, f'ksi_ci_check "{FIXTURES}/invalid/bad-gateway.yaml" "$KSI_CI_FLAT" node.yaml; '
+                                    'echo "rc=$?"')
+    assert "[kubesolo-init] [ERROR] cloud-init node.yaml line 7: network.interfaces[0].gateway: not an IPv4 address" \
+        in result.stderr
+    assert "rc=1" in result.stdout
+
+
+@needs_busybox
+def test_shell_get_exact_values_and_no_secrets_logged(ci_layer: Path, tmp_path: Path):
+    script = f'''ksi_ci_check "{FIXTURES}/valid/full.yaml" "$KSI_CI_FLAT" || echo FAILED
+ksi_ci_get kubesolo.config >"{tmp_path}/config"
+ksi_ci_get "write_files[1].content" >"{tmp_path}/hello"
+ksi_ci_list network.interfaces[0].dns
+ksi_ci_count write_files
+ksi_ci_no_proxy 10.0.2.15
+ksi_ci_flags
+'''
+    result = bb(ci_layer, tmp_path, script)
+    assert "FAILED" not in result.stdout, result.stderr
+    assert (tmp_path / "config").read_text() == "# KubeSolo configuration\nlocal-storage: true\ndebug: false\n"
+    assert (tmp_path / "hello").read_text() == '#!/bin/sh\necho "hello: world"'
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["10.0.2.3", "10.0.2.4", "2"]
+    assert lines[3] == (".example.com,192.168.0.0/16,10.42.0.0/16,10.43.0.0/16,.svc,.cluster.local,localhost,"
+                        "127.0.0.1,10.0.2.15")
+    assert lines[4:] == ["--debug", "--node-ip=10.0.2.15"]
+    assert (tmp_path / "flat").stat().st_mode & 0o777 == 0o600
+    assert "c2VjcmV0LWtleQ" not in result.stderr and "edge-id-1234" not in result.stderr
+
+
+IP_STUB = '''
+ip() {
+    echo "ip $*" >>"$KSI_RUNDIR/ip.log"
+    case "$*" in "route add"*) return 2 ;; esac
+    return 0
+}
+'''
+
+
+@needs_busybox
+def test_shell_network_failure_is_rolled_back(ci_layer: Path, tmp_path: Path):
+    config = tmp_path / "net.yaml"
+    config.write_text("network:\n  interfaces:\n    - name: lo\n      addresses: [10.9.0.5/24, 10.9.0.6/24]\n"
+                      "      gateway: 192.0.2.1\n      dns: [10.9.0.1]\n")
+    script = IP_STUB + f'ksi_ci_check "{config}" "$KSI_CI_FLAT" && ksi_ci_network; echo "rc=$?"'
+    result = bb(ci_layer, tmp_path, script)
+    assert "rc=1" in result.stdout, result.stderr
+    calls = (tmp_path / "ip.log").read_text().splitlines()
+    assert calls == [
+        "ip link set lo up",
+        "ip addr add 10.9.0.5/24 dev lo",
+        "ip addr add 10.9.0.6/24 dev lo",
+        "ip route add default via 192.0.2.1 dev lo",
+        "ip addr del 10.9.0.6/24 dev lo",
+        "ip addr del 10.9.0.5/24 dev lo",
+    ]
+    assert re.search(r"\[ERROR\] cloud-init line 5: network\.interfaces\[0\]\.gateway: cannot add the default route "
+                     r"via 192\.0\.2\.1 on lo: network configuration rolled back", result.stderr)
+
+
+@needs_busybox
+def test_shell_network_unknown_interface_touches_nothing(ci_layer: Path, tmp_path: Path):
+    config = tmp_path / "net.yaml"
+    config.write_text("network:\n  interfaces:\n    - name: lo\n      dhcp: true\n"
+                      "    - mac: 02:00:00:00:00:99\n      addresses: [10.9.0.5/24]\n")
+    script = IP_STUB + f'''ksi_ci_check "{config}" "$KSI_CI_FLAT" || echo INVALID
+sleep() {{ :; }}
+ksi_ci_network; echo "rc=$?"'''
+    result = bb(ci_layer, tmp_path, script)
+    assert "INVALID" not in result.stdout and "rc=1" in result.stdout, result.stderr
+    assert not (tmp_path / "ip.log").exists()
+    assert "[ERROR] cloud-init line 5: network.interfaces[1]: no interface with MAC 02:00:00:00:00:99" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Ansible: the module, the standalone playbook, the build's embedded default
+# --------------------------------------------------------------------------------------------
+
+def validate_playbook(path: Path) -> subprocess.CompletedProcess[str]:
+    return run([str(VENV_BIN / "ansible-playbook"), "playbooks/validate-config.yml", "-e", f"cloudinit_file={path}"],
+               timeout=300, check=False, env=tool_env())
+
+
+def test_validate_playbook_accepts_a_valid_file():
+    result = validate_playbook(EXAMPLES / "air-gapped.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_validate_playbook_rejects_an_invalid_file_naming_key_and_line():
+    result = validate_playbook(FIXTURES / "invalid" / "bad-gateway.yaml")
+    assert result.returncode != 0
+    assert "line 7: network.interfaces[0].gateway: not an IPv4 address" in result.stdout
+
+
+def test_build_embeds_a_valid_default_and_refuses_an_invalid_one(tmp_path: Path):
+    good = tmp_path / "good"
+    good.mkdir()
+    _run_role(good, good / "layers", {"init_cloudinit_default_file": str(EXAMPLES / "dhcp.yaml")})
+    embedded = good / "layers" / "init" / LIBDIR / "cloud-init.default.yaml"
+    assert embedded.read_text() == (EXAMPLES / "dhcp.yaml").read_text()
+    assert embedded.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(AssertionError, match=r"line 7: network\.interfaces\[0\]\.gateway"):
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        _run_role(bad, bad / "layers", {"init_cloudinit_default_file": str(FIXTURES / "invalid" / "bad-gateway.yaml")})
+
+
+# --------------------------------------------------------------------------------------------
+# Boot tests (QEMU): a file applied from the boot medium form, an invalid one rejected
+# --------------------------------------------------------------------------------------------
+TEST_CA = (FIXTURES / "valid" / "full.yaml").read_text().split("ca_certs:\n  - |\n", 1)[1].split("sysctls:")[0]
+
+
+def _indent(text: str, spaces: int) -> str:
+    return "".join(" " * spaces + line + "\n" for line in text.splitlines())
+
+
+@pytest.mark.slow
+def test_boot_applies_cloud_init(boot, tmp_path: Path):
+    import vmctl
+
+    key = tmp_path / "ci_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cloud-init-key", "-f", str(key)],
+                   check=True, timeout=60)
+    ca = "\n".join(line.strip() for line in TEST_CA.strip().splitlines()) + "\n"
+    config = f"""#cloud-config
+hostname: ci-node-01
+network:
+  interfaces:
+    - name: eth0
+      addresses: [10.0.2.15/24, 10.0.2.200/24]
+      gateway: 10.0.2.2
+      dns: [10.0.2.3]
+ntp:
+  servers: [10.0.2.2]
+ssh_authorized_keys:
+  - {key.with_suffix('.pub').read_text().strip()}
+proxy:
+  http_proxy: http://10.0.2.2:3128
+  https_proxy: http://10.0.2.2:3128
+  no_proxy: [.corp.example]
+ca_certs:
+  - |
+{_indent(ca, 4)}sysctls:
+  vm.max_map_count: 262144
+write_files:
+  - path: /etc/kubesolo/hello.txt
+    permissions: "0640"
+    content: hello from cloud-init
+kubesolo:
+  config: |
+    local-storage: true
+  flags: [--ci-flag=yes]
+  portainer_edge_id: edge-id-secret-1
+  portainer_edge_key: edge-key-secret-2
+"""
+    assert cloudinit.check(config, SCHEMA).valid
+    media = tmp_path / "media"
+    (media / "cloud-init").mkdir(parents=True)
+    (media / "cloud-init" / "node.yaml").write_text(config)
+    data = vmctl.make_data_disk(tmp_path / "data.img")
+    medium = vmctl.make_data_disk(tmp_path / "medium.img", size_mb=16, label="KSCIMEDIA", content=media)
+    from conftest import SSH_KEY
+    vm = boot("ci", disks=(data, medium), append="kubesolo.data=LABEL=KSOLODATA "
+                                                   "kubesolo.cloudinit=LABEL=KSCIMEDIA:/cloud-init/node.yaml")
+    vm.wait_booted(timeout=300)
+    text = vm.wait(re.escape("[kubesolo-test-double] running"), timeout=120)
+    log = vm.log
+    assert "[OK] Cloud-init configuration /run/kubesolo-os/cloud-init.yaml is valid" in log
+    assert "[OK] Network configured from cloud-init: eth0" in log
+    assert "Hostname from cloud-init: ci-node-01" in log
+    assert "edge-key-secret-2" not in log and "edge-id-secret-1" not in log
+    # The cloud-init key (not built into the image) logs in.
+    vm.ssh_key = key
+    vm.wait_ssh()
+    assert vm.ssh("hostname").stdout.strip() == "ci-node-01"
+    addrs = vm.ssh("ip -4 -o addr show dev eth0").stdout
+    assert "10.0.2.15/24" in addrs and "10.0.2.200/24" in addrs
+    assert "default via 10.0.2.2 dev eth0" in vm.ssh("ip route").stdout
+    assert vm.ssh("cat /etc/resolv.conf").stdout.strip() == "nameserver 10.0.2.3"
+    assert vm.ssh("cat /proc/sys/vm/max_map_count").stdout.strip() == "262144"
+    assert ca.splitlines()[1] in vm.ssh("cat /etc/ssl/certs/ca-certificates.crt").stdout
+    assert vm.ssh("cat /etc/kubesolo/hello.txt").stdout == "hello from cloud-init"
+    assert vm.ssh("stat -c %a /etc/kubesolo/hello.txt /etc/kubesolo/config.yaml").stdout.split() == ["640", "600"]
+    assert "--ci-flag=yes" in text
+    environ = vm.ssh("tr '\\0' '\\n' </proc/$(cat /run/kubesolo-os/kubesolo.pid)/environ").stdout.splitlines()
+    assert "HTTP_PROXY=http://10.0.2.2:3128" in environ and "https_proxy=http://10.0.2.2:3128" in environ
+    no_proxy = next(e for e in environ if e.startswith("NO_PROXY=")).split("=", 1)[1].split(",")
+    for entry in (".corp.example", "10.42.0.0/16", "10.43.0.0/16", ".svc", ".cluster.local", "localhost",
+                  "10.0.2.15"):
+        assert entry in no_proxy, entry
+    assert "KUBESOLO_PORTAINER_EDGE_KEY=edge-key-secret-2" in environ
+    # The image's own key still works too.
+    vm.ssh_key = SSH_KEY
+    vm.ssh("true")
+
+
+@pytest.mark.slow
+def test_boot_rejects_invalid_cloud_init(boot, tmp_path: Path):
+    content = tmp_path / "content"
+    content.mkdir()
+    shutil.copyfile(FIXTURES / "invalid" / "boot-bad-dns.yaml", content / "cloud-init.yaml")
+    import vmctl
+
+    data = vmctl.make_data_disk(tmp_path / "data.img", content=content)
+    vm = boot("bad", disks=(data,), mac="52:54:00:ab:cd:01", append="kubesolo.data=LABEL=KSOLODATA")
+    vm.wait(re.escape(vmctl.SUCCESS_MARKER), timeout=300, errors_fail=False)
+    log = vm.log
+    assert ("[kubesolo-init] [ERROR] cloud-init /mnt/data/cloud-init.yaml line 9: network.interfaces[0].dns[1]: "
+            "not an IPv4 address") in log
+    assert "[ERROR] Cloud-init configuration /mnt/data/cloud-init.yaml rejected: nothing from it is applied" in log
+    vm.wait_ssh()
+    # No half-applied network: DHCP's address only, the MAC-derived name.
+    addrs = vm.ssh("ip -4 -o addr show dev eth0").stdout
+    assert "10.0.2.15/24" in addrs and "10.0.2.200" not in addrs
+    assert vm.ssh("hostname").stdout.strip() == "kubesolo-abcd01"

@@ -1,0 +1,217 @@
+"""The ksolodata role and module on loop devices of the host (local connection, Python target):
+one test per safety rule. Disk discovery is restricted to the test's own loop devices with
+ksolodata_candidates, so the host's real disks are never looked at. Every loop device is detached
+(partx -d, losetup -d) when the test ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, VENV_BIN, tool_env
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("partx"),
+                                reason="needs root, losetup and partx")
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=check)
+
+
+class Loops:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.devices: list[str] = []
+
+    def add(self, size_mb: int = 600) -> str:
+        image = self.workdir / f"disk{len(self.devices)}.img"
+        with image.open("wb") as handle:
+            handle.truncate(size_mb * 1024 * 1024)
+        device = sh("losetup", "-f", "--show", str(image)).stdout.strip()
+        self.devices.append(device)
+        return device
+
+    def image(self, device: str) -> Path:
+        return self.workdir / f"disk{self.devices.index(device)}.img"
+
+    def cleanup(self) -> None:
+        for device in self.devices:
+            sh("umount", "-R", str(self.workdir / "mnt"), check=False)
+            sh("partx", "-d", device, check=False)
+            sh("losetup", "-d", device, check=False)
+
+
+@pytest.fixture
+def loops(tmp_path):
+    pool = Loops(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.cleanup()
+
+
+def provision(tmp_path: Path, candidates: list[str], *extra: str, **role_vars) -> tuple[int, dict, str]:
+    """Run the ksolodata role on localhost; returns (rc, the module result, the output)."""
+    playbook = tmp_path / "play.yml"
+    role_vars = {"ksolodata_candidates": candidates, "ksolodata_min_size_gib": 0.25,
+                 "ksolodata_hostname": "loop-node", **role_vars}
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Provision a loop device", "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"ansible_python_interpreter": sys.executable},
+        "roles": [{"role": "ksolodata", "vars": role_vars}],
+        "tasks": [{"name": "Result", "ansible.builtin.copy": {
+            "content": "{{ {'result': ksolodata_result | default({}), 'summary': ksolodata_summary} | to_json }}",
+            "dest": str(tmp_path / "result.json"), "mode": "0600"}, "check_mode": False}],
+    }]))
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), *extra],
+                          cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=300, check=False)
+    output = proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text()) if (tmp_path / "result.json").exists() else {}
+    (tmp_path / "result.json").unlink(missing_ok=True)
+    return proc.returncode, result, output
+
+
+def blkid(device: str) -> dict[str, str]:
+    out = sh("/sbin/blkid", "-p", "-o", "export", device, check=False).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def read_data(tmp_path: Path, partition: str, path: str) -> str:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    sh("mount", "-o", "ro", partition, str(mnt))
+    try:
+        return (mnt / path).read_text()
+    finally:
+        sh("umount", str(mnt))
+
+
+def test_blank_disk_provisioned_then_second_run_changes_nothing(loops, tmp_path):
+    disk = loops.add()
+    rc, check, out = provision(tmp_path, [disk], "--check", "--diff")
+    assert rc == 0, out
+    assert check["summary"]["status"] == "changed" and blkid(disk) == {}, "check mode touched the disk"
+    rc, first, out = provision(tmp_path, [disk], ksolodata_network={"mode": "dhcp"},
+                               ksolodata_kubesolo_config={"portainer-edge-key": "s3cret-key"})
+    assert rc == 0 and first["summary"]["status"] == "changed", out
+    assert "s3cret-key" not in out
+    part = f"{disk}p1"
+    assert blkid(part)["LABEL"] == "KSOLODATA" and blkid(part)["PART_ENTRY_NAME"] == "KSOLODATA"
+    assert blkid(disk)["PTTYPE"] == "gpt"
+    assert read_data(tmp_path, part, "etc-kubesolo/hostname") == "loop-node\n"
+    assert "udhcpc" in read_data(tmp_path, part, "network/interfaces.sh")
+    mnt = tmp_path / "mnt"
+    sh("mount", "-o", "ro", part, str(mnt))
+    try:
+        for name in ("kubesolo", "containerd", "etc-kubesolo", "log", "usr-local", "network"):
+            assert (mnt / name).is_dir(), name
+        assert oct((mnt / "etc-kubesolo" / "config.yaml").stat().st_mode & 0o777) == "0o600"
+    finally:
+        sh("umount", str(mnt))
+    rc, second, out = provision(tmp_path, [disk], ksolodata_network={"mode": "dhcp"},
+                                ksolodata_kubesolo_config={"portainer-edge-key": "s3cret-key"},
+                                ksolodata_update_config=True)
+    assert rc == 0 and second["summary"]["status"] == "ok", out
+
+
+def test_existing_ksolodata_never_reformatted_config_only_when_asked(loops, tmp_path):
+    disk = loops.add()
+    assert provision(tmp_path, [disk])[0] == 0
+    part = f"{disk}p1"
+    uuid = blkid(part)["UUID"]
+    rc, result, out = provision(tmp_path, [disk], ksolodata_device=disk, ksolodata_wipe=True,
+                                ksolodata_hostname="renamed")
+    assert rc == 0 and result["result"]["action"] == "existing", out
+    assert blkid(part)["UUID"] == uuid
+    assert result["summary"]["config_drift"] == ["etc-kubesolo/hostname"]
+    assert read_data(tmp_path, part, "etc-kubesolo/hostname") == "loop-node\n"
+    rc, result, out = provision(tmp_path, [disk], "--diff", ksolodata_hostname="renamed", ksolodata_update_config=True)
+    assert rc == 0 and result["summary"]["status"] == "changed", out
+    assert "+renamed" in out
+    assert read_data(tmp_path, part, "etc-kubesolo/hostname") == "renamed\n"
+    assert blkid(part)["UUID"] == uuid
+
+
+def test_signature_refused_unless_wipe_and_named(loops, tmp_path):
+    disk = loops.add()
+    sh("/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-L", "OTHERDATA", disk)
+    before = blkid(disk)
+    for extra in ({}, {"ksolodata_device": disk}, {"ksolodata_wipe": True}):
+        rc, result, out = provision(tmp_path, [disk], **extra)
+        assert rc == 0 and result["summary"]["status"] == "failed", out
+        assert blkid(disk) == before
+    assert "not blank (ext4 file system labelled OTHERDATA" in result["summary"]["msg"] or \
+        "No disk can be chosen" in result["summary"]["msg"]
+    rc, result, out = provision(tmp_path, [disk], ksolodata_device=disk, ksolodata_wipe=True)
+    assert rc == 0 and result["summary"]["status"] == "changed", out
+    assert blkid(f"{disk}p1")["LABEL"] == "KSOLODATA"
+    assert result["result"]["wiped"] is True
+
+
+def test_boot_and_in_use_devices_never_chosen(loops, tmp_path):
+    iso_disk = loops.add(64)
+    if shutil.which("xorriso"):
+        (tmp_path / "iso").mkdir()
+        (tmp_path / "iso" / "hello").write_text("boot medium\n")
+        sh("xorriso", "-as", "mkisofs", "-quiet", "-V", "KUBESOLO", "-o", str(tmp_path / "boot.iso"),
+           str(tmp_path / "iso"))
+        sh("dd", f"if={tmp_path / 'boot.iso'}", f"of={iso_disk}", "conv=notrunc,fsync", "status=none")
+    mounted_disk = loops.add()
+    sh("/sbin/mke2fs", "-q", "-F", "-t", "ext4", "-L", "INUSE", mounted_disk)
+    (tmp_path / "mnt").mkdir()
+    sh("mount", mounted_disk, str(tmp_path / "mnt"))
+    try:
+        blank = loops.add()
+        rc, result, out = provision(tmp_path, [iso_disk, mounted_disk, blank], "--check",
+                                    ksolodata_min_size_gib=0.01)
+        assert rc == 0 and result["result"]["device"] == blank, out
+        refused = {r["device"]: " ".join(r["reasons"]) for r in result["result"]["refused"]}
+        assert "mounted on" in refused[mounted_disk]
+        if shutil.which("xorriso"):
+            assert "ISO9660" in refused[iso_disk]
+            rc, result, out = provision(tmp_path, [iso_disk], ksolodata_device=iso_disk, ksolodata_wipe=True,
+                                        ksolodata_min_size_gib=0.01)
+            assert result["summary"]["status"] == "failed" and "boot medium" in result["summary"]["msg"], out
+        rc, result, out = provision(tmp_path, [mounted_disk], ksolodata_device=mounted_disk, ksolodata_wipe=True)
+        assert result["summary"]["status"] == "failed" and "in use" in result["summary"]["msg"], out
+        assert blkid(mounted_disk)["LABEL"] == "INUSE"
+    finally:
+        sh("umount", str(tmp_path / "mnt"), check=False)
+
+
+def test_two_candidates_without_choice_refused_listing_them(loops, tmp_path):
+    first, second = loops.add(), loops.add()
+    rc, result, out = provision(tmp_path, [first, second])
+    assert rc == 0 and result["summary"]["status"] == "failed", out
+    assert first in result["summary"]["msg"] and second in result["summary"]["msg"]
+    assert blkid(first) == {} and blkid(second) == {}
+
+
+def test_small_disk_refused(loops, tmp_path):
+    disk = loops.add(100)
+    for extra in ({}, {"ksolodata_device": disk}):
+        _rc, result, out = provision(tmp_path, [disk], ksolodata_min_size_gib=0.5, **extra)
+        assert result["summary"]["status"] == "failed" and "minimum" in result["summary"]["msg"], out
+    assert blkid(disk) == {}
+
+
+def test_grow_only_when_asked(loops, tmp_path):
+    disk = loops.add(300)
+    assert provision(tmp_path, [disk])[0] == 0
+    with loops.image(disk).open("r+b") as handle:
+        handle.truncate(600 * 1024 * 1024)
+    sh("losetup", "-c", disk)
+    rc, result, out = provision(tmp_path, [disk])
+    assert result["result"]["growable_bytes"] > 250 * 1024 * 1024 and result["summary"]["status"] == "ok", out
+    rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
+    assert rc == 0 and result["summary"]["status"] == "changed", out
+    size = int(Path(f"/sys/block/{Path(disk).name}/{Path(disk).name}p1/size").read_text())
+    assert size * 512 > 550 * 1024 * 1024
+    rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
+    assert result["summary"]["status"] == "ok" and "growable_bytes" not in result["result"], out
