@@ -9,7 +9,7 @@ ARGS ?=
 # Extra arguments for pytest (e.g. PYTEST_ARGS='-k cpio').
 PYTEST_ARGS ?=
 
-.PHONY: deps build test lint sanity bench clean
+.PHONY: deps build test lint sanity bench bench-quick clean
 
 deps:
 	scripts/bootstrap.sh
@@ -28,3 +28,15 @@ sanity: deps
 
 clean:
 	rm -rf build output
+
+# Benchmark (scripts/bench.py): build times, cpio_pack vs GNU cpio, compression choices, sizes,
+# boot time and memory under QEMU TCG -> build/bench/bench.md and bench.json. Full: BENCH_RUNS runs
+# per figure (median); bench-quick: one run each (what CI runs, through tests/test_bench.py).
+BENCH_RUNS ?= 5
+BENCH_ARGS ?=
+
+bench: deps
+	python scripts/bench.py --runs $(BENCH_RUNS) $(BENCH_ARGS)
+
+bench-quick: deps
+	python scripts/bench.py --quick $(BENCH_ARGS)

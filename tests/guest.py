@@ -41,6 +41,7 @@ class Guest:
     ssh_key: Path
     offset: int = 0
     started: float = field(default_factory=time.monotonic)
+    _serial: socket.socket | None = field(default=None, repr=False)
 
     # --- serial console -------------------------------------------------------------------
     @property
@@ -66,10 +67,23 @@ class Guest:
         self.offset = self.spec.serial_log.stat().st_size if self.spec.serial_log.exists() else 0
 
     def type(self, text: str | bytes, delay: float = 0.02) -> None:
-        vmctl.send(self.spec.serial_socket, text, delay=delay)
+        """Type into the serial console over one connection kept for the guest's lifetime
+        (QEMU may drop bytes that arrive on a connection it has not taken up yet)."""
+        if self._serial is None:
+            self._serial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._serial.connect(str(self.spec.serial_socket))
+            time.sleep(0.5)
+        payload = text.encode() if isinstance(text, str) else text
+        if delay <= 0:
+            self._serial.sendall(payload)
+            return
+        for byte in payload:
+            self._serial.sendall(bytes([byte]))
+            time.sleep(delay)
 
     def choose_menu_entry(self, index: int, menu_pattern: str) -> None:
         """Pick the index-th entry of the boot menu (isolinux or GRUB) with the arrow keys."""
+        self.type(b"", delay=0)  # connect before the menu shows: its timeout is short
         self.wait(menu_pattern, timeout=120)
         # Each escape sequence in one write: a lone ESC followed by a pause is the Esc key.
         for _ in range(index):
@@ -123,6 +137,9 @@ class Guest:
 
     # --- lifecycle ------------------------------------------------------------------------
     def stop(self) -> None:
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
         vmctl.stop(self.spec.pidfile)
 
     def wait_exit(self, timeout: float = 60) -> None:

@@ -253,7 +253,10 @@ def test_named_data_device_that_never_appears_stops_the_boot_and_exit_retries(bo
 def test_unrepairable_file_system_is_never_mounted_or_formatted(boot, tmp_path):
     disk = data_disk(tmp_path, "broken")
     uuid = fs_uuid(disk)
-    subprocess.run(["debugfs", "-w", "-R", "clri <2>", str(disk)], capture_output=True, check=True)
+    # Destroy the root directory and mark the file system as having errors (as the kernel does when
+    # it meets them), so that e2fsck -p checks it and cannot repair it on its own.
+    for request in ("clri <2>", "ssv state 2"):
+        subprocess.run(["debugfs", "-w", "-R", request, str(disk)], capture_output=True, check=True)
     vm = boot("broken", ssh=False, disks=(disk,), append="kubesolo.data=/dev/vda")
     vm.wait(r"\[ERROR\] e2fsck found errors it could not fix on /dev/vda", r"\[ERROR\] Stage 20-persistent-mount",
             errors_fail=False, timeout=180)

@@ -62,6 +62,7 @@ attributes:
     description: The module never changes anything.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is no diff.
 """
 
 EXAMPLES = r"""
@@ -83,22 +84,65 @@ device:
   returned: always
   type: dict
   contains:
-    path: {description: The path given., type: str, sample: /dev/sdb}
-    realpath: {description: The path with symbolic links resolved., type: str, sample: /dev/sdb}
-    exists: {description: Whether the path exists., type: bool}
-    is_block: {description: Whether it is a block device., type: bool}
-    name: {description: Kernel name., type: str, sample: sdb}
-    type: {description: lsblk type (disk, loop, part, ...)., type: str, sample: disk}
-    size: {description: Size in bytes., type: int, sample: 15518924800}
-    model: {description: Model., type: str, sample: Cruzer Blade}
-    vendor: {description: Vendor., type: str, sample: SanDisk}
-    serial: {description: Serial number., type: str, sample: 4C530001230511113232}
-    transport: {description: lsblk transport (usb, sata, nvme, ...)., type: str, sample: usb}
-    removable: {description: The removable flag of sysfs., type: bool}
-    in_use: {description: Mounted file systems, swap and holders on the disk., type: list, elements: str}
-    system_paths: {description: Paths of the running system that live on the disk., type: list, elements: str}
-    table: {description: Partition table (label, id, partitions) or null., type: dict}
-    data_partition: {description: The partition holding the data file system, or null., type: dict}
+    path:
+      description: The path given.
+      type: str
+      sample: /dev/sdb
+    realpath:
+      description: The path with symbolic links resolved.
+      type: str
+      sample: /dev/sdb
+    exists:
+      description: Whether the path exists.
+      type: bool
+    is_block:
+      description: Whether it is a block device.
+      type: bool
+    name:
+      description: Kernel name.
+      type: str
+      sample: sdb
+    type:
+      description: The lsblk type (C(disk), C(loop), C(part) and so on).
+      type: str
+      sample: disk
+    size:
+      description: Size in bytes.
+      type: int
+      sample: 15518924800
+    model:
+      description: Model.
+      type: str
+      sample: Cruzer Blade
+    vendor:
+      description: Vendor.
+      type: str
+      sample: SanDisk
+    serial:
+      description: Serial number.
+      type: str
+      sample: 4C530001230511113232
+    transport:
+      description: The lsblk transport (C(usb), C(sata), C(nvme) and so on).
+      type: str
+      sample: usb
+    removable:
+      description: The removable flag of sysfs.
+      type: bool
+    in_use:
+      description: Mounted file systems, swap and holders on the disk.
+      type: list
+      elements: str
+    system_paths:
+      description: Paths of the running system that live on the disk.
+      type: list
+      elements: str
+    table:
+      description: Partition table (C(label), C(id), C(partitions)), or null.
+      type: dict
+    data_partition:
+      description: The partition holding the data file system, or null.
+      type: dict
 image:
   description: Size, partition table, data partition and boot part size (bytes before the data partition).
   returned: when O(image) is given

@@ -19,13 +19,13 @@ description:
   - Writes the image with progress reporting (to O(progress_file)), flushes, drops the device's caches, then
     reads the written bytes back and compares their SHA256 with the image's. A mismatch fails the task.
   - Then makes the data partition (an ext4 file system labelled O(data_label)) use the rest of the device
-    (O(grow)) - the partition is extended to the end of the device and the file system resized with
+    (O(grow)); the partition is extended to the end of the device and the file system resized with
     C(e2fsck -f -p) and C(resize2fs); an image without such a partition (an ISO) gets one created after it.
   - With O(keep_data) only the image's boot part (every byte before its data partition) is written, and the
     partition table is rewritten so that the device's existing data partition keeps its start (and grows
     to the end of the device with O(grow)). Not one byte of the data partition is written. This is the
     upgrade path of a stick.
-  - B(Test hook), for the test suite only: when the environment variable E(KUBESOLO_FLASH_TEST_CORRUPT_HOOK)
+  - B(Test hook) (for the test suite only). When the environment variable E(KUBESOLO_FLASH_TEST_CORRUPT_HOOK)
     is set, the command it names is run with the device path as its last argument after the write and before
     the read-back (the tests use it to corrupt the device and see the verify fail). Nothing sets it by default;
     the module warns whenever it runs.

@@ -32,9 +32,8 @@ def stick(**changes: Any) -> dict[str, Any]:
     return info
 
 
-def rule(info: dict[str, Any], image: dict[str, Any] | None = IMAGE, allow_fixed: bool = False,
-         keep: bool = False) -> dict[str, str] | None:
-    return blockdev.refusal(info, image, allow_fixed, keep, "KSOLODATA")
+def rule(info: dict[str, Any], allow_fixed: bool = False, keep: bool = False) -> dict[str, str] | None:
+    return blockdev.refusal(info, IMAGE, allow_fixed, keep, "KSOLODATA")
 
 
 def test_a_usb_stick_that_fits_may_be_written():
