@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,14 @@ SSH_OPTIONS = [
 ]
 
 MENU_DOWN = b"\x1b[B"
+
+
+def _drain(conn: socket.socket) -> None:
+    try:
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
 
 
 def free_port() -> int:
@@ -72,6 +81,9 @@ class Guest:
         if self._serial is None:
             self._serial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._serial.connect(str(self.spec.serial_socket))
+            # QEMU also sends the console output to this connection and stalls the guest's serial
+            # port when nobody reads it: drain it (the log file has the same bytes).
+            threading.Thread(target=_drain, args=(self._serial,), daemon=True).start()
             time.sleep(0.5)
         payload = text.encode() if isinstance(text, str) else text
         if delay <= 0:
