@@ -190,7 +190,7 @@ class _Parser:
         if self.block is not None:
             self.finish_block()
         if self.pending is not None:
-            path, dummy, line = self.pending
+            path, line = self.pending[0], self.pending[2]
             self.emit("Z", line, path)
             self.pending = None
 
@@ -365,7 +365,7 @@ def check_value(kind: str, type_name: str, value: str, schema: dict[str, Any]) -
     if type_name == "ipv4":
         return "" if _is_ipv4(value) else "not an IPv4 address"
     if type_name == "cidr4":
-        address, dummy, prefix = value.partition("/")
+        address, prefix = value.partition("/")[::2]
         ok = (_is_ipv4(address) and re.match(r"^[0-9]+$", prefix) is not None and len(prefix) <= 2
               and (prefix == "0" or prefix[0] != "0") and 1 <= int(prefix) <= 32)
         return "" if ok else "not an IPv4 address with prefix (10.0.0.5/24)"
