@@ -127,7 +127,8 @@ def untouched(device: str, length: int = 8 * MIB) -> bool:
 
 def test_refuses_a_partition(image, loops):
     disk = loops.add(700)
-    subprocess.run(["sfdisk", "--quiet", disk], input="label: dos\nstart=2048, type=83\n", text=True, check=True)
+    subprocess.run(["sfdisk", "--quiet", disk], input="label: dos\nstart=2048, type=83\n", text=True, check=True,
+                   capture_output=True)
     sh("partx", "-a", disk, check=False)
     message = refusal(flash(image, f"{disk}p1"))
     assert "rule 'whole-disk'" in message and f"a partition of {disk}" in message
@@ -143,7 +144,8 @@ def test_refuses_a_non_removable_disk_unless_allowed(image, loops):
 
 def test_refuses_a_disk_with_a_mounted_file_system(image, loops, tmp_path):
     disk = loops.add(700)
-    subprocess.run(["sfdisk", "--quiet", disk], input="label: dos\nstart=2048, type=83\n", text=True, check=True)
+    subprocess.run(["sfdisk", "--quiet", disk], input="label: dos\nstart=2048, type=83\n", text=True, check=True,
+                   capture_output=True)
     sh("partx", "-a", disk, check=False)
     sh("mkfs.ext4", "-q", "-F", f"{disk}p1")
     point = tmp_path / "mnt"
@@ -223,8 +225,8 @@ def test_flash_verifies_and_grows_ksolodata_to_the_end(image, loops):
     assert report, result.stdout[-3000:]
     size = image.stat().st_size
     assert int(report.group(1)) == size and report.group(4) == sha256_of(image, size)
-    assert re.search(r"Writing kubesolo-os-\S+ to /dev/loop\d+: [\d.]+ of [\d.]+ MiB", result.stdout), \
-        "no progress was shown"
+    progress = r"(?:Writing kubesolo-os-\S+ to|Verifying) /dev/loop\d+(?: \(flushing\))?: [\d.]+ of [\d.]+ MiB \(\d+%\)"
+    assert re.search(progress, result.stdout), "no progress was shown"
     print(f"flash of {size / MIB:.0f} MiB to a loop device: write {report.group(2)} s ({report.group(3)} MiB/s), "
           f"verify {report.group(5)} s, playbook {seconds:.1f} s")
     # The boot part is the image's; KSOLODATA fills the disk and its file system its partition.

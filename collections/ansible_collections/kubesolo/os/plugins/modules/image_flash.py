@@ -268,6 +268,7 @@ def drop_caches(fd: int) -> None:
 def write_image(image: str, device: str, nbytes: int, block: int, progress: Progress) -> tuple[str, float]:
     digest = hashlib.sha256()
     started = time.monotonic()
+    progress.update(0, force=True)
     fd = os.open(device, os.O_WRONLY | os.O_EXCL)
     try:
         with open(image, "rb") as src:
