@@ -115,10 +115,9 @@ def built_image() -> BuiltImage:
 BOOT_APPEND = "console=ttyS0,115200n8 panic=10"
 
 
-@pytest.fixture
-def boot(built_image, request):
-    """Factory that boots VMs of the test image; every VM is stopped when the test ends and its
-    serial log is kept in build/test-artifacts/boot/<test name>/."""
+def vm_pool(request) -> tuple:
+    """A function that starts test VMs (each with its serial log kept in
+    build/test-artifacts/boot/<test name>/), and the list of what it started (stop them at the end)."""
     import guest as guest_mod
     import vmctl
 
@@ -126,25 +125,40 @@ def boot(built_image, request):
     workdir.mkdir(parents=True, exist_ok=True)
     guests: list[guest_mod.Guest] = []
 
-    def start(name: str = "vm", *, iso: bool = False, append: str = "", disks: tuple[Path, ...] = (),
-              image: BuiltImage | None = None, ssh: bool = True, **spec_args) -> guest_mod.Guest:
-        image = image or built_image
+    def start(name: str = "vm", *, ssh: bool = True, memory_mb: int = 384, **spec_args) -> guest_mod.Guest:
         spec = vmctl.VMSpec(
             name=f"{request.node.name[:40]}-{name}".replace("[", "-").replace("]", ""),
             workdir=workdir,
-            iso=image.iso if iso else None,
-            kernel=None if iso else image.vmlinuz,
-            initrd=None if iso else image.initramfs,
-            append=f"{BOOT_APPEND} {append}".strip(),
-            disks=list(disks),
             ssh_port=guest_mod.free_port() if ssh else None,
-            memory_mb=spec_args.pop("memory_mb", 384),
+            memory_mb=memory_mb,
             **spec_args,
         )
         vmctl.start(spec)
         vm = guest_mod.Guest(spec, ssh_key=SSH_KEY)
         guests.append(vm)
         return vm
+
+    return start, guests
+
+
+@pytest.fixture
+def boot(built_image, request):
+    """Factory that boots the test image: its kernel and initramfs directly (append= adds kernel
+    parameters), or its ISO with iso=True. Every VM is stopped when the test ends."""
+    start_vm, guests = vm_pool(request)
+
+    def start(name: str = "vm", *, iso: bool = False, append: str = "", disks: tuple[Path, ...] = (),
+              image: BuiltImage | None = None, **spec_args):
+        image = image or built_image
+        return start_vm(
+            name,
+            iso=image.iso if iso else None,
+            kernel=None if iso else image.vmlinuz,
+            initrd=None if iso else image.initramfs,
+            append=f"{BOOT_APPEND} {append}".strip(),
+            disks=list(disks),
+            **spec_args,
+        )
 
     yield start
     for vm in guests:

@@ -8,6 +8,7 @@ the test of the removable rule. Every loop device is detached when its test ends
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, SSH_KEY, VENV_BIN, run, tool_env
+from conftest import VENV_BIN, run, tool_env, vm_pool
 
 pytestmark = pytest.mark.slow
 
@@ -289,23 +290,8 @@ def test_keep_data_upgrade_rewrites_the_boot_part_and_keeps_the_files(image, loo
 @pytest.fixture
 def boot_medium(request):
     """Factory booting a raw medium (usb_disk= or iso=) under a firmware; VMs stopped at the end."""
-    import guest as guest_mod
-    import vmctl
-
-    workdir = ARTIFACTS / "boot" / request.node.name
-    workdir.mkdir(parents=True, exist_ok=True)
-    guests: list = []
-
-    def start(name: str, ssh: bool = True, **spec_args) -> guest_mod.Guest:
-        spec = vmctl.VMSpec(name=f"{request.node.name[:40]}-{name}".replace("[", "-").replace("]", ""),
-                            workdir=workdir, ssh_port=guest_mod.free_port() if ssh else None, memory_mb=512,
-                            **spec_args)
-        vmctl.start(spec)
-        vm = guest_mod.Guest(spec, ssh_key=SSH_KEY)
-        guests.append(vm)
-        return vm
-
-    yield start
+    start, guests = vm_pool(request)
+    yield functools.partial(start, memory_mb=512)
     for vm in guests:
         vm.stop()
 
