@@ -168,7 +168,7 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
     subprocess.run(["e2fsck", "-fn", str(disk)], capture_output=True, check=True)
 
     # Second boot of the same disk, by UUID, on a machine with another MAC address.
-    second = boot("second", disks=(disk,), mac="52:54:00:11:22:33",
+    second = boot("second", disks=(disk,), mac="52:54:00:11:22:33", reboot=False,
                   append=f"kubesolo.data=UUID={fs_uuid(disk)}")
     second.wait_booted()
     text = second.wait(DOUBLE_RUNNING, timeout=60)
@@ -183,6 +183,20 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
     assert host.file("/var/log/node.log").content_string.strip() == "log"
     assert host.file("/usr/local/bin/mytool2").content_string.strip() == "tool2"
     assert host.file("/usr/local/bin/kubesolo").linked_to == IMAGE_BINARY
+    # SSH is key-only: a password login is refused even for the right root password.
+    refused = subprocess.run(
+        ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+         "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive",
+         "-p", str(second.spec.ssh_port), "root@127.0.0.1", "true"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused.stderr
+    # reboot, like poweroff, stops KubeSolo and unmounts the data partition cleanly (QEMU runs with
+    # -no-reboot here, so the reboot ends it and the disk can be checked).
+    second.mark()
+    second.ssh("reboot", check=False)
+    second.wait_exit(timeout=90)
+    state = subprocess.run(["dumpe2fs", "-h", str(disk)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^Filesystem state:\s+clean$", state, re.M), state
 
 
 # --------------------------------------------------------------------------------------------

@@ -553,3 +553,9 @@ def test_variant_exec_ssh_password(tmp_path: Path) -> None:
         ["shellcheck", "-s", "sh", *map(str, shell_files(layer))], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_ssh_is_off_by_default(layer: Path) -> None:
+    """With the role's defaults no authorized keys are shipped and dropbear is never started."""
+    assert not (layer / "root").exists()
+    assert "\nksi_start_sshd\n" not in (layer / LIBDIR / "init.d/50-network.sh").read_text()
