@@ -70,6 +70,8 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
         # A user's own tool in the persistent /usr/local, and an old KubeSolo left there.
         "usr-local/bin/mytool": "#!/bin/sh\necho mine\n",
         "usr-local/bin/kubesolo": "#!/bin/sh\necho '[old-kubesolo] must not run'\nsleep 3600\n",
+        # A custom containerd configuration kept on the data partition.
+        "etc-kubesolo/containerd/config.toml": "version = 2\n# custom-containerd-config\n",
     })
     flags = "--node-ip=10.0.2.15 --note='a b' \\$(touch${IFS}/tmp/pwned)"
     vm = boot("first", disks=(disk,), mac="52:54:00:ab:cd:ef",
@@ -127,6 +129,7 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
     # Stage 80: CNI and containerd directories, / rshared, cgroup controllers for children.
     for directory in ("/run/containerd", "/var/lib/containerd", "/etc/cni/net.d", "/opt/cni/bin"):
         assert host.file(directory).is_directory, directory
+    assert "# custom-containerd-config" in host.file("/etc/containerd/config.toml").content_string
     root_line = next(line for line in host.file("/proc/1/mountinfo").content_string.splitlines()
                      if line.split()[4] == "/")
     assert "shared:" in root_line

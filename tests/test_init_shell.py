@@ -559,3 +559,46 @@ def test_ssh_is_off_by_default(layer: Path) -> None:
     """With the role's defaults no authorized keys are shipped and dropbear is never started."""
     assert not (layer / "root").exists()
     assert "\nksi_start_sshd\n" not in (layer / LIBDIR / "init.d/50-network.sh").read_text()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
+def test_stage00_falls_back_to_cgroup_v1_without_cgroup2(functions: Path, layer: Path, tmp_path: Path) -> None:
+    """A kernel without cgroup2: stage 00 mounts a tmpfs and one v1 hierarchy per enabled controller.
+
+    The real stage runs under busybox sh in a private mount namespace whose /proc/filesystems and
+    /proc/cgroups are fakes; `mount` and the clock and driver steps are stubbed, so nothing on the
+    host changes."""
+    (tmp_path / "filesystems").write_text("nodev\tsysfs\nnodev\ttmpfs\nnodev\tcgroup\n\text4\n")
+    (tmp_path / "cgroups").write_text(
+        "#subsys_name\thierarchy\tnum_cgroups\tenabled\n"
+        "cpuset\t0\t1\t1\ncpu\t0\t1\t1\nmemory\t0\t1\t0\npids\t0\t1\t1\n"
+    )
+    stage = tmp_path / "stage00.sh"
+    stage.write_text(textwrap.dedent(f"""\
+        . "{functions}"
+        KSI_RUNDIR="{tmp_path}/run"
+        mount() {{ echo "MOUNT $*"; }}
+        ksi_is_mounted() {{ return 1; }}
+        ksi_clock_clamp() {{ :; }}
+        ksi_load_modaliases() {{ :; }}
+        . "{layer / LIBDIR / 'init.d/00-early-mount.sh'}"
+        echo "rc=$?"
+        """))
+    wrapper = (
+        f'mount --bind "{tmp_path}/filesystems" /proc/filesystems && '
+        f'mount --bind "{tmp_path}/cgroups" /proc/cgroups && '
+        f'exec "{BUSYBOX}" sh "{stage}"'
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", wrapper],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": os.environ["PATH"], "KSI_LOG_CONSOLES": ""},
+    )
+    out = result.stdout + result.stderr
+    assert "rc=0" in out, out
+    assert "[WARN] cgroup2 is not available: mounting cgroup v1 controllers" in out
+    assert "MOUNT -t cgroup2" not in out
+    assert re.search(r"MOUNT -t tmpfs -o \S+ cgroup_root /sys/fs/cgroup$", out, re.M), out
+    for controller in ("cpuset", "cpu", "pids"):
+        assert f"MOUNT -t cgroup -o nosuid,nodev,noexec,{controller} cgroup /sys/fs/cgroup/{controller}" in out
+    assert "/sys/fs/cgroup/memory" not in out  # disabled controllers are left alone
