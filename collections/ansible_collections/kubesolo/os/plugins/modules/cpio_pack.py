@@ -26,6 +26,9 @@ description:
     options that the kernel's decompressors accept.
   - O(dest) is replaced atomically (temporary file in the same directory, then rename) and only when the new
     bytes differ from the existing file (compared by SHA-256).
+  - Compression is skipped when O(dest) already holds the same uncompressed archive compressed the same way. A
+    record next to it (C(.<name>-cpio_pack.json)) keeps the SHA-256 of the uncompressed archive, the compression
+    settings and the SHA-256 of O(dest), and is trusted only while O(dest) still has that SHA-256.
 author:
   - KubeSolo OS developers (@kubesolo-os)
 options:
@@ -235,10 +238,16 @@ compression:
   returned: always
   type: str
   sample: zstd
+recompressed:
+  description: Whether the archive was compressed in this run (false when O(dest) already held it, see above).
+  returned: always
+  type: bool
+  sample: false
 """
 
 import contextlib
 import hashlib
+import json
 import os
 import stat
 import tempfile
@@ -674,8 +683,13 @@ def pack(
     level: int | None,
     run: Runner,
     prefix: str = ".cpio_pack.",
+    reuse: Callable[[str], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """Write and compress the archive into a new file in ``workdir``; the caller renames or removes ``path``."""
+    """Write and compress the archive into a new file in ``workdir``; the caller renames or removes ``path``.
+
+    ``reuse`` is asked with the SHA-256 of the uncompressed archive; when it returns the figures of an existing
+    compressed archive of the same bytes, compression is skipped and ``path`` is None.
+    """
     fd, raw = tempfile.mkstemp(dir=workdir, prefix=prefix, suffix=".cpio")
     made = [raw]
     try:
@@ -683,6 +697,12 @@ def pack(
             uncompressed = write_archive(entries, fd)
         finally:
             os.close(fd)
+        raw_sha256 = sha256_file(raw)
+        if compression != "none" and reuse is not None:
+            existing = reuse(raw_sha256)
+            if existing is not None:
+                os.unlink(raw)
+                return {**existing, "path": None, "uncompressed_sha256": raw_sha256}
         path = raw
         if compression != "none":
             argv, path = compress_command(compression, level, raw)
@@ -695,6 +715,7 @@ def pack(
             "sha256": sha256_file(path),
             "size": os.path.getsize(path),
             "uncompressed_size": uncompressed,
+            "uncompressed_sha256": raw_sha256,
             "entries": len(entries),
         }
     except BaseException:
@@ -720,6 +741,36 @@ def run_tool(module: AnsibleModule, argv: list[str]) -> None:
     rc, out, err = module.run_command(argv)
     if rc != 0:
         raise CpioError(f"{' '.join(argv)} failed with exit code {rc}: {(err or out).strip()}")
+
+
+STAMP_KEYS = ("sha256", "size", "uncompressed_size", "uncompressed_sha256", "entries")
+
+
+def stamp_path(dest: str) -> str:
+    """Record of what the compressed dest holds, so that an unchanged archive is not compressed again."""
+    return os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}-cpio_pack.json")
+
+
+def read_stamp(dest: str, compression: str, level: int | None, raw_sha256: str) -> dict[str, Any] | None:
+    """The recorded figures of dest when it is the same archive compressed the same way (and still intact)."""
+    try:
+        with open(stamp_path(dest)) as handle:
+            stamp = json.load(handle)
+        if (not isinstance(stamp, dict) or stamp.get("uncompressed_sha256") != raw_sha256
+                or stamp.get("compression") != compression or stamp.get("level") != level
+                or os.path.getsize(dest) != stamp.get("size") or sha256_file(dest) != stamp.get("sha256")):
+            return None
+        return {key: stamp[key] for key in STAMP_KEYS}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def write_stamp(dest: str, compression: str, level: int | None, info: Mapping[str, Any]) -> None:
+    stamp = {"compression": compression, "level": level, **{key: info[key] for key in STAMP_KEYS}}
+    tmp = stamp_path(dest) + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(stamp, handle, sort_keys=True)
+    os.replace(tmp, stamp_path(dest))
 
 
 def _summary(info: Mapping[str, Any]) -> str:
@@ -784,20 +835,27 @@ def run_module() -> None:
             for entry in entries:
                 entry.mtime = clamp
         workdir = module.tmpdir if module.check_mode else dest_dir
+        level = params["compression_level"]
         work = pack(
             entries,
             workdir,
             compression,
-            params["compression_level"],
+            level,
             lambda argv: run_tool(module, argv),
             prefix=f".{os.path.basename(dest)}.",
+            reuse=lambda raw_sha256: read_stamp(dest, compression, level, raw_sha256),
         )
         before: dict[str, Any] = {}
         if os.path.isfile(dest):
-            before = {"sha256": sha256_file(dest), "size": os.path.getsize(dest)}
+            before = {"sha256": work["sha256"] if work["path"] is None else sha256_file(dest),
+                      "size": os.path.getsize(dest)}
         result.update({key: work[key] for key in ("sha256", "size", "uncompressed_size", "entries")})
+        result["recompressed"] = work["path"] is not None
         if before.get("sha256") == work["sha256"]:
-            os.unlink(work["path"])
+            if work["path"] is not None:
+                os.unlink(work["path"])
+                if compression != "none" and not module.check_mode:
+                    write_stamp(dest, compression, level, work)
             if stat.S_IMODE(os.stat(dest).st_mode) != file_mode:
                 result["changed"] = True
                 if not module.check_mode:
@@ -811,6 +869,8 @@ def run_module() -> None:
                 with open(work["path"], "rb") as handle:
                     os.fsync(handle.fileno())
                 os.replace(work["path"], dest)
+                if compression != "none":
+                    write_stamp(dest, compression, level, work)
         work = None
         if module._diff:
             result["diff"] = {
@@ -824,7 +884,7 @@ def run_module() -> None:
     except OSError as exc:
         module.fail_json(msg=f"{exc.filename or dest}: {exc.strerror}", **result)
     finally:
-        if work is not None and os.path.exists(work["path"]):
+        if work is not None and work["path"] is not None and os.path.exists(work["path"]):
             os.unlink(work["path"])
     module.exit_json(**result)
 

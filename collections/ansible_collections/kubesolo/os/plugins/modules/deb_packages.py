@@ -22,6 +22,11 @@ description:
     temporary directory that is renamed into place; a marker file C(.<name>_<version>.extracted) next to it,
     written last, makes later runs skip the package. A tree without its marker is extracted again.
   - Nothing is installed on the build host, and apt's indexes are not updated (run C(apt-get update) first).
+  - Repeated runs are fast. The answers of C(apt-cache) are cached in O(cache_dir) (C(.apt-query-cache.json)),
+    keyed on the exact query and on the state of apt (size and modification time of every file under
+    C(/var/lib/apt/lists) and C(/etc/apt)), so an C(apt-get update) or a changed source or pin invalidates them.
+    A cached C(.deb) whose size, modification time and inode are those recorded when its SHA-256 was last
+    verified (C(.verified.json)) is not hashed again.
 author:
   - KubeSolo OS developers (!UNKNOWN)
 options:
@@ -58,6 +63,13 @@ options:
       - Directory under which each package is extracted into C(<name>_<version>/) (created if missing).
     type: path
     required: true
+  metapackage_depends:
+    description:
+      - A regular expression. Each name in O(names) that does not match it is taken as a metapackage and replaced
+        by the first package of its C(Depends) that matches it (for example C(linux-image-amd64) becomes the
+        current C(linux-image-6.1.0-NN-amd64) with V(^linux-image-[0-9])). The metapackage itself is not taken.
+      - Fails, naming the metapackage, when none of its dependencies matches.
+    type: str
   architecture:
     description:
       - Debian architecture of the packages (packages of architecture C(all) are accepted too).
@@ -142,6 +154,11 @@ packages:
       filename: /srv/build/cache/debs/busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb
       sha256: 3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744
       root: /srv/build/cache/pkgroot/busybox-static_1:1.35.0-4+deb12u1+b1
+metapackages:
+  description: Each metapackage of O(names) and the package it was replaced with (see O(metapackage_depends)).
+  returned: always
+  type: dict
+  sample: {linux-image-amd64: linux-image-6.1.0-56-amd64}
 downloaded:
   description: Names of the packages that were (in check mode, would be) downloaded.
   returned: always
@@ -158,7 +175,9 @@ extracted:
 
 import glob
 import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -175,6 +194,94 @@ APT_DEPENDS_FLAGS = [
 ]
 DEPENDENCY_TYPES = ("Depends", "PreDepends")
 MARKER_SUFFIX = ".extracted"
+# What apt's answers depend on: the package lists and the configuration (sources, pins, apt.conf).
+APT_STATE_PATHS = ("/var/lib/apt/lists", "/etc/apt")
+QUERY_CACHE_NAME = ".apt-query-cache.json"
+VERIFIED_CACHE_NAME = ".verified.json"
+C_ENV = {"LC_ALL": "C", "LANG": "C"}
+
+
+def apt_state(paths: tuple[str, ...] = APT_STATE_PATHS) -> str:
+    """Fingerprint of apt's state: path, size and mtime of every file below the given paths."""
+    digest = hashlib.sha256(os.environ.get("APT_CONFIG", "").encode())
+    for base in paths:
+        for directory, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(directory, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class JsonCache:
+    """A small JSON file in the cache directory; written only when it changed (and never in check mode)."""
+
+    def __init__(self, path: str, writable: bool) -> None:
+        self.path = path
+        self.writable = writable
+        self.dirty = False
+        try:
+            with open(path) as handle:
+                loaded = json.load(handle)
+            self.data: dict = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            self.data = {}
+
+    def save(self) -> None:
+        if not (self.dirty and self.writable and os.path.isdir(os.path.dirname(self.path))):
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(self.data, handle, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+class AptQueries:
+    """apt-cache answers, cached for as long as apt's state (lists, configuration) stays the same."""
+
+    def __init__(self, module: AnsibleModule, cache_dir: str) -> None:
+        self.module = module
+        self.state = apt_state()
+        self.cache = JsonCache(os.path.join(cache_dir, QUERY_CACHE_NAME), writable=not module.check_mode)
+        if self.cache.data.get("state") != self.state:
+            self.cache.data = {"state": self.state, "queries": {}}
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        key = json.dumps(argv)
+        cached = self.cache.data["queries"].get(key)
+        if cached is not None:
+            return int(cached[0]), str(cached[1]), ""
+        rc, out, err = self.module.run_command(argv, environ_update=C_ENV)
+        if rc in (0, 100):  # 100: apt-cache show found none of the names (a stable answer, too)
+            self.cache.data["queries"][key] = [rc, out]
+            self.cache.dirty = True
+        return rc, out, err
+
+
+class VerifiedDebs:
+    """SHA-256 of cached .deb files, trusted while size, mtime and inode are unchanged."""
+
+    def __init__(self, cache_dir: str, writable: bool) -> None:
+        self.cache = JsonCache(os.path.join(cache_dir, VERIFIED_CACHE_NAME), writable)
+
+    @staticmethod
+    def _identity(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+    def sha256(self, path: str) -> str:
+        st = os.stat(path)
+        name = os.path.basename(path)
+        record = self.cache.data.get(name)
+        if isinstance(record, list) and len(record) == 2 and record[0] == self._identity(st):
+            return str(record[1])
+        digest = sha256_file(path)
+        self.cache.data[name] = [self._identity(st), digest]
+        self.cache.dirty = True
+        return digest
 
 
 def run(module: AnsibleModule, argv: list[str], cwd: str | None = None) -> str:
@@ -340,12 +447,11 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def resolve(module: AnsibleModule, wanted: dict[str, str | None], architecture: str) -> dict[str, dict[str, str]]:
+def resolve(module: AnsibleModule, apt: AptQueries, wanted: dict[str, str | None],
+            architecture: str) -> dict[str, dict[str, str]]:
     """Resolve {name: version or None} to apt-cache show records (candidate, or the pinned version)."""
     specs = [qualified(name, version, architecture) for name, version in sorted(wanted.items())]
-    rc, out, err = module.run_command(
-        ["apt-cache", "show", "--no-all-versions", *specs], environ_update={"LC_ALL": "C", "LANG": "C"}
-    )
+    rc, out, err = apt.run(["apt-cache", "show", "--no-all-versions", *specs])
     # rc is 100 only when none of the packages was found; missing ones are detected below either way.
     if rc not in (0, 100):
         module.fail_json(msg=f"apt-cache show failed (rc={rc}): {(err or out).strip()}", rc=rc, stderr=err)
@@ -375,6 +481,36 @@ def resolve(module: AnsibleModule, wanted: dict[str, str | None], architecture: 
             unresolved=problems,
         )
     return found
+
+
+def replace_metapackages(module: AnsibleModule, apt: AptQueries, names: list[str], pattern: str | None,
+                         architecture: str) -> tuple[list[str], dict[str, str]]:
+    """Replace each name not matching ``pattern`` by the first of its Depends that matches it."""
+    if not pattern:
+        return list(names), {}
+    try:
+        concrete = re.compile(pattern)
+    except re.error as exc:
+        module.fail_json(msg=f"metapackage_depends is not a regular expression: {exc}")
+    result: list[str] = []
+    replaced: dict[str, str] = {}
+    for spec in names:
+        name, version = split_spec(spec)
+        if concrete.search(name):
+            result.append(spec)
+            continue
+        argv = ["apt-cache", "depends", *APT_DEPENDS_FLAGS[1:], qualified(name, version, architecture)]
+        rc, out, err = apt.run(argv)
+        graph = parse_depends(out) if rc == 0 else {}
+        choices = [alternative for groups in graph.values() for group in groups for alternative, _providers in group
+                   if concrete.search(strip_arch(alternative))]
+        if not choices:
+            module.fail_json(msg=f"{name} is not a package whose name matches {pattern!r}, and none of its Depends "
+                             f"does (apt-cache depends said: {(out or err).strip()[:500]}). Name a metapackage or "
+                             "a concrete package.")
+        replaced[name] = strip_arch(choices[0])
+        result.append(replaced[name])
+    return result, replaced
 
 
 def qualified(name: str, version: str | None, architecture: str) -> str:
@@ -424,6 +560,7 @@ def main() -> None:
             cache_dir=dict(type="path", required=True),
             extract_dir=dict(type="path", required=True),
             architecture=dict(type="str", default="amd64"),
+            metapackage_depends=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -431,9 +568,12 @@ def main() -> None:
     architecture: str = params["architecture"]
     cache_dir = os.path.abspath(params["cache_dir"])
     extract_dir = os.path.abspath(params["extract_dir"])
+    apt = AptQueries(module, cache_dir)
+    names, metapackages = replace_metapackages(module, apt, params["names"], params["metapackage_depends"],
+                                               architecture)
 
     explicit: dict[str, str | None] = {}
-    for spec in params["names"]:
+    for spec in names:
         name, version = split_spec(spec)
         if not name:
             module.fail_json(msg=f"empty package name in names: {spec!r}")
@@ -446,15 +586,18 @@ def main() -> None:
     if params["recursive"]:
         roots = [qualified(name, version, architecture) for name, version in sorted(explicit.items())]
         # Make sure every root resolves first, so an unknown name gives the clear message.
-        resolve(module, explicit, architecture)
-        graph = parse_depends(run(module, ["apt-cache", "depends", *APT_DEPENDS_FLAGS, *roots]))
+        resolve(module, apt, explicit, architecture)
+        rc, out, err = apt.run(["apt-cache", "depends", *APT_DEPENDS_FLAGS, *roots])
+        if rc != 0:
+            module.fail_json(msg=f"apt-cache depends failed (rc={rc}): {(err or out).strip()}", rc=rc, stderr=err)
+        graph = parse_depends(out)
         closure, unsatisfied = dependency_closure(graph, sorted(explicit), set(params["exclude"]))
         for problem in unsatisfied:
             module.warn(f"no package satisfies the dependency {problem}")
         for name in closure:
             wanted.setdefault(name, None)
 
-    records = resolve(module, wanted, architecture)
+    records = resolve(module, apt, wanted, architecture)
 
     plan = []
     for name in sorted(records):
@@ -480,9 +623,10 @@ def main() -> None:
                 module.fail_json(msg=f"cannot create {directory}: {exc}")
 
     # Downloads: reuse a cached .deb only if it matches the index's SHA-256.
+    verified = VerifiedDebs(cache_dir, writable=not module.check_mode)
     to_download = []
     for pkg in plan:
-        if os.path.isfile(pkg["filename"]) and sha256_file(pkg["filename"]) == pkg["sha256"]:
+        if os.path.isfile(pkg["filename"]) and verified.sha256(pkg["filename"]) == pkg["sha256"]:
             continue
         to_download.append(pkg)
     if to_download and not module.check_mode:
@@ -494,7 +638,7 @@ def main() -> None:
         for pkg in to_download:
             if not os.path.isfile(pkg["filename"]):
                 module.fail_json(msg=f"apt-get download did not produce {pkg['filename']}")
-            actual = sha256_file(pkg["filename"])
+            actual = verified.sha256(pkg["filename"])
             if actual != pkg["sha256"]:
                 module.fail_json(msg=f"{pkg['filename']} has SHA-256 {actual}, apt's index says {pkg['sha256']}")
 
@@ -511,9 +655,15 @@ def main() -> None:
             except OSError as exc:
                 module.fail_json(msg=f"cannot extract {pkg['filename']} into {pkg['root']}: {exc}")
 
+    for cache in (apt.cache, verified.cache):
+        try:
+            cache.save()
+        except OSError as exc:
+            module.warn(f"cannot write the cache {cache.path}: {exc}")
     module.exit_json(
         changed=bool(to_download or to_extract),
         packages=plan,
+        metapackages=metapackages,
         downloaded=[pkg["name"] for pkg in to_download],
         extracted=[pkg["name"] for pkg in to_extract],
     )

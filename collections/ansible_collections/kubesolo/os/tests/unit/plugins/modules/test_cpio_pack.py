@@ -525,6 +525,7 @@ def test_module_changed_then_idempotent(
     rc, second = run_module(layer, capsys, tmp_path)
     assert rc == 0 and second["changed"] is False and second["sha256"] == first["sha256"]
     assert dest.stat().st_ino == inode  # not rewritten
+    assert first["recompressed"] is True and second["recompressed"] is False  # same archive: zstd not run again
     rc, third = run_module({**layer, "mode": "0600"}, capsys, tmp_path)
     assert third["changed"] is True and stat.S_IMODE(dest.stat().st_mode) == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".layer.cpio.zst.")]
@@ -627,3 +628,23 @@ def test_module_fixed_mtime_policy_ignores_when_the_tree_was_written(
     assert second["sha256"] == first["sha256"]
     run_module({**layer, "compression": "none", "dest": str(tmp_path / "c.cpio")}, capsys, tmp_path)
     assert {entry["mtime"] for entry in parse_newc((tmp_path / "c.cpio").read_bytes())} == {old - 5}
+
+
+def test_module_recompresses_when_the_record_no_longer_holds(
+    layer: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The skip-compression record is trusted only for the same archive, settings and intact dest."""
+    rc, first = run_module(layer, capsys, tmp_path)
+    assert rc == 0 and first["recompressed"] is True
+    dest = Path(layer["dest"])
+    good = dest.read_bytes()
+    dest.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # damaged dest: same size, other bytes
+    rc, repaired = run_module(layer, capsys, tmp_path)
+    assert repaired["changed"] is True and repaired["recompressed"] is True and dest.read_bytes() == good
+    rc, other_level = run_module({**layer, "compression_level": 5}, capsys, tmp_path)
+    assert other_level["recompressed"] is True and other_level["changed"] is True
+    (Path(layer["src"]) / "new-file").write_text("x")
+    rc, new_content = run_module({**layer, "compression_level": 5}, capsys, tmp_path)
+    assert new_content["recompressed"] is True and new_content["changed"] is True
+    rc, again = run_module({**layer, "compression_level": 5}, capsys, tmp_path)
+    assert again["recompressed"] is False and again["changed"] is False

@@ -304,3 +304,61 @@ def test_unknown_package_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFix
     assert result["failed"] is True
     assert "busybox-static=0.0-0 (version not available)" in result["msg"]
     assert not (tmp_path / "debs").exists()
+
+
+def fake_apt_cache(directory: Path) -> Path:
+    """Test double: an apt-cache that always fails, to prove that an answer came from the module's cache."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tool = directory / "apt-cache"
+    tool.write_text("#!/bin/sh\necho 'test double: apt-cache must not be asked' >&2\nexit 99\n")
+    tool.chmod(0o755)
+    return directory
+
+
+@needs_apt
+def test_apt_answers_and_verified_debs_are_cached(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    args = module_args(tmp_path, ["kmod"], recursive=True, exclude=["libc6"])
+    first = run_module(args, capsys)
+    packages = check_packages(first, tmp_path)
+    assert (tmp_path / "debs" / deb_packages.QUERY_CACHE_NAME).is_file()
+    verified = json.loads((tmp_path / "debs" / deb_packages.VERIFIED_CACHE_NAME).read_text())
+    assert {os.path.basename(p["filename"]) for p in packages.values()} <= set(verified)
+
+    def no_hashing(path: str) -> str:
+        raise AssertionError(f"{path} was hashed again although it did not change")
+
+    with monkeypatch.context() as patched:
+        patched.setenv("PATH", f"{fake_apt_cache(tmp_path / 'bin')}:{os.environ['PATH']}")
+        patched.setattr(deb_packages, "sha256_file", no_hashing)
+        second = run_module(args, capsys)
+        assert second["changed"] is False and second["packages"] == first["packages"]
+        # A changed apt state (apt-get update, a new source or pin) invalidates the answers: apt-cache is asked.
+        patched.setattr(deb_packages, "apt_state", lambda: "another state")
+        third = run_module(args, capsys)
+        assert third["failed"] is True and "test double" in third["msg"]
+
+
+def test_apt_state_follows_the_lists(tmp_path: Path) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "deb.debian.org_Packages").write_text("a")
+    before = deb_packages.apt_state((str(lists),))
+    assert deb_packages.apt_state((str(lists),)) == before
+    (lists / "deb.debian.org_Packages").write_text("ab")
+    assert deb_packages.apt_state((str(lists),)) != before
+
+
+@needs_apt
+def test_metapackage_is_replaced_by_its_concrete_dependency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = {**module_args(tmp_path, ["linux-image-amd64"], metapackage_depends="^linux-image-[0-9]"),
+            "_ansible_check_mode": True}
+    result = run_module(args, capsys)
+    assert not result.get("failed"), result.get("msg")
+    [kernel] = result["packages"]
+    assert kernel["name"].startswith("linux-image-6.") and kernel["name"].endswith("-amd64")
+    assert result["metapackages"] == {"linux-image-amd64": kernel["name"]}
+    concrete = run_module({**args, "names": [kernel["name"]]}, capsys)
+    assert concrete["packages"] == result["packages"] and concrete["metapackages"] == {}
+    wrong = run_module({**args, "names": ["busybox-static"]}, capsys)
+    assert wrong["failed"] is True and "busybox-static" in wrong["msg"] and "^linux-image-[0-9]" in wrong["msg"]

@@ -1,0 +1,192 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# MIT License (see LICENSE or https://opensource.org/licenses/MIT)
+# Ansible module boilerplate: coding line, __future__ imports and __metaclass__, imports after the docs.
+
+from __future__ import absolute_import, annotations, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: sha256sums
+short_description: Checksum release artefacts and write a SHA256SUMS file, without hashing unchanged files again
+version_added: "0.2.0"
+description:
+  - Computes the SHA-256 of each of O(files) in O(path) and writes O(dest) in the format of C(sha256sum)
+    (C(<hex>  <name>), one line per file, in the order given), so that C(sha256sum -c) checks the artefacts.
+  - A digest is remembered in O(cache) together with the file's size, modification time (nanoseconds) and inode,
+    and reused while all three are unchanged. A rebuilt artefact is replaced by a new file (new inode and time),
+    so it is always hashed again; a multi-hundred-megabyte disk image that did not change is not.
+  - O(dest) is replaced atomically and only when its content changes.
+author:
+  - KubeSolo OS developers (@kubesolo-os)
+options:
+  path:
+    description: Directory that holds the artefacts.
+    type: path
+    required: true
+  files:
+    description: File names (relative to O(path), without directories) to checksum. Each must exist.
+    type: list
+    elements: str
+    required: true
+  dest:
+    description: The checksum list to write (for example C(SHA256SUMS) in O(path)). Not written when omitted.
+    type: path
+  cache:
+    description:
+      - JSON file that remembers digests by size, modification time and inode (kept outside the published
+        directory). No cache is used when omitted.
+    type: path
+  mode:
+    description: Permission bits of O(dest).
+    type: raw
+    default: "0644"
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Computes the digests and reports whether O(dest) would change; writes nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: Shows the old and new content of O(dest).
+seealso:
+  - module: ansible.builtin.stat
+"""
+
+EXAMPLES = r"""
+- name: Checksum the artefacts into SHA256SUMS
+  kubesolo.os.sha256sums:
+    path: /srv/build/output
+    files: [kubesolo-os.iso, kubesolo-os.img]
+    dest: /srv/build/output/SHA256SUMS
+    cache: /srv/build/state/sha256.cache.json
+  register: sums
+"""
+
+RETURN = r"""
+files:
+  description: The digest and size of each file, by name.
+  returned: always
+  type: dict
+  sample: {kubesolo-os.iso: {sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, size: 24313856}}
+hashed:
+  description: Names of the files that were hashed in this run (the others came from O(cache)).
+  returned: always
+  type: list
+  elements: str
+  sample: [kubesolo-os.iso]
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_cache(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_atomic(path: str, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            files=dict(type="list", elements="str", required=True),
+            dest=dict(type="path"),
+            cache=dict(type="path"),
+            mode=dict(type="raw", default="0644"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        mode = int(str(params["mode"]), 8) if not isinstance(params["mode"], int) else params["mode"]
+    except ValueError:
+        module.fail_json(msg=f"mode {params['mode']!r} is not an octal number (quote it in YAML, e.g. '0644')")
+    for name in params["files"]:
+        if not name or "/" in name:
+            module.fail_json(msg=f"files: {name!r} must be a plain file name in {params['path']}")
+    missing = [n for n in params["files"] if not os.path.isfile(os.path.join(params["path"], n))]
+    if missing:
+        module.fail_json(msg=f"missing from {params['path']}: {', '.join(missing)}", missing=missing)
+    cache = load_cache(params["cache"])
+    new_cache: dict[str, Any] = {}
+    files: dict[str, dict[str, Any]] = {}
+    hashed: list[str] = []
+    for name in params["files"]:
+        path = os.path.join(params["path"], name)
+        st = os.stat(path)
+        identity = [st.st_size, st.st_mtime_ns, st.st_ino]
+        record = cache.get(path)
+        if isinstance(record, list) and len(record) == 2 and record[0] == identity:
+            digest = str(record[1])
+        else:
+            digest = sha256_file(path)
+            hashed.append(name)
+        new_cache[path] = [identity, digest]
+        files[name] = {"sha256": digest, "size": st.st_size}
+    result: dict[str, Any] = {"changed": False, "files": files, "hashed": hashed}
+    if params["dest"]:
+        text = "".join(f"{files[n]['sha256']}  {n}\n" for n in params["files"])
+        dest = params["dest"]
+        try:
+            with open(dest, encoding="utf-8") as handle:
+                before: str | None = handle.read()
+        except (OSError, UnicodeDecodeError):
+            before = None
+        current_mode = os.stat(dest).st_mode & 0o7777 if before is not None else None
+        if before != text or current_mode != mode:
+            result["changed"] = True
+            if module._diff:
+                result["diff"] = {"before_header": dest, "after_header": dest, "before": before or "", "after": text}
+            if not module.check_mode:
+                try:
+                    write_atomic(dest, text.encode(), mode)
+                except OSError as exc:
+                    module.fail_json(msg=f"cannot write {dest}: {exc.strerror}")
+    if params["cache"] and new_cache != cache and not module.check_mode:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(params["cache"])), exist_ok=True)
+            write_atomic(params["cache"], json.dumps(new_cache, sort_keys=True).encode(), 0o644)
+        except OSError as exc:
+            module.warn(f"cannot write the cache {params['cache']}: {exc.strerror}")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

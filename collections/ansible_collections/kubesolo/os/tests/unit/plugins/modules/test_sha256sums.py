@@ -1,0 +1,63 @@
+"""Unit tests for kubesolo.os.sha256sums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.kubesolo.os.plugins.modules import sha256sums
+
+
+def run_module(args: dict[str, Any], capsys: pytest.CaptureFixture[str], check: bool = False) -> dict[str, Any]:
+    with patch_module_args({**args, "_ansible_check_mode": check}), pytest.raises(SystemExit):
+        sha256sums.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_writes_sums_and_reuses_cached_digests(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "output"
+    out.mkdir()
+    (out / "a.iso").write_bytes(b"iso" * 1000)
+    (out / "b.img").write_bytes(b"img" * 1000)
+    args = {"path": str(out), "files": ["b.img", "a.iso"], "dest": str(out / "SHA256SUMS"),
+            "cache": str(tmp_path / "state/sums.json")}
+    planned = run_module(args, capsys, check=True)
+    assert planned["changed"] is True and not (out / "SHA256SUMS").exists() and not (tmp_path / "state").exists()
+    first = run_module(args, capsys)
+    expected = f"{digest(out / 'b.img')}  b.img\n{digest(out / 'a.iso')}  a.iso\n"
+    assert (out / "SHA256SUMS").read_text() == expected  # the format of sha256sum, in the order given
+    assert first["files"]["a.iso"] == {"sha256": digest(out / "a.iso"), "size": 3000}
+    assert sorted(first["hashed"]) == ["a.iso", "b.img"]
+
+    def no_hashing(path: str) -> str:
+        raise AssertionError(f"{path} was hashed again although it did not change")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sha256sums, "sha256_file", no_hashing)
+        second = run_module(args, capsys)
+    assert second["changed"] is False and second["hashed"] == [] and second["files"] == first["files"]
+    # A rebuilt artefact is a new file (new inode and mtime): it is hashed again.
+    (out / "a.iso.new").write_bytes(b"new iso")
+    os.replace(out / "a.iso.new", out / "a.iso")
+    third = run_module(args, capsys)
+    assert third["changed"] is True and third["hashed"] == ["a.iso"]
+    assert f"{digest(out / 'a.iso')}  a.iso\n" in (out / "SHA256SUMS").read_text()
+
+
+def test_missing_artefact_and_bad_name_fail_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.iso").write_bytes(b"x")
+    result = run_module({"path": str(tmp_path), "files": ["a.iso", "b.img"], "dest": str(tmp_path / "S")}, capsys)
+    assert result["failed"] is True and "b.img" in result["msg"] and "a.iso" not in result["msg"]
+    assert not (tmp_path / "S").exists()
+    result = run_module({"path": str(tmp_path), "files": ["../etc/passwd"]}, capsys)
+    assert result["failed"] is True and "plain file name" in result["msg"]
