@@ -70,6 +70,7 @@ options:
         current C(linux-image-6.1.0-NN-amd64) with V(^linux-image-[0-9])). The metapackage itself is not taken.
       - Fails, naming the metapackage, when none of its dependencies matches.
     type: str
+    version_added: "0.2.0"
   architecture:
     description:
       - Debian architecture of the packages (packages of architecture C(all) are accepted too).
