@@ -18,16 +18,12 @@ from pathlib import Path
 
 import pytest
 from conftest import VENV_BIN, run, tool_env, vm_pool
+from loopdev import MIB, LoopDevices, sh
 
 pytestmark = pytest.mark.slow
 
 PLAYBOOK = "playbooks/flash-usb.yml"
-MIB = 1024 * 1024
 OK90 = re.escape("[kubesolo-init] [OK] Stage 90-kubesolo.sh complete")
-
-
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=300)
 
 
 def sha256_of(path: str | Path, length: int) -> str:
@@ -43,38 +39,9 @@ def sha256_of(path: str | Path, length: int) -> str:
     return digest.hexdigest()
 
 
-class Loops:
-    """Loop devices over sparse files; all detached at teardown."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.devices: list[str] = []
-        self.mounts: list[Path] = []
-
-    def add(self, size_mib: int, name: str = "stick") -> str:
-        backing = self.workdir / f"{name}-{len(self.devices)}.img"
-        with open(backing, "wb") as handle:
-            handle.truncate(size_mib * MIB)
-        device = sh("losetup", "-f", "--show", str(backing)).stdout.strip()
-        self.devices.append(device)
-        sh("partx", "-a", device, check=False)
-        return device
-
-    @staticmethod
-    def backing(device: str) -> Path:
-        return Path(Path(f"/sys/block/{Path(device).name}/loop/backing_file").read_text().strip())
-
-    def cleanup(self) -> None:
-        for point in reversed(self.mounts):
-            sh("umount", str(point), check=False)
-        for device in reversed(self.devices):
-            sh("partx", "-d", device, check=False)
-            sh("losetup", "-d", device, check=False)
-
-
 @pytest.fixture
 def loops(tmp_path):
-    manager = Loops(tmp_path)
+    manager = LoopDevices(tmp_path, name="stick", scan_partitions=True)
     try:
         yield manager
     finally:
@@ -296,12 +263,11 @@ def boot_medium(request):
         vm.stop()
 
 
-def flashed_stick(image: Path, loops: Loops, size_mib: int) -> Path:
+def flashed_stick(image: Path, loops: LoopDevices, size_mib: int) -> Path:
     disk = loops.add(size_mib)
     flash(image, disk, check=True)
-    backing = Loops.backing(disk)
+    backing = LoopDevices.backing(disk)
     loops.cleanup()
-    loops.devices.clear()
     return backing
 
 

@@ -15,41 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, VENV_BIN, tool_env
+from loopdev import LoopDevices, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("partx"),
                                 reason="needs root, losetup and partx")
 
 
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=check)
-
-
-class Loops:
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.devices: list[str] = []
-
-    def add(self, size_mb: int = 600) -> str:
-        image = self.workdir / f"disk{len(self.devices)}.img"
-        with image.open("wb") as handle:
-            handle.truncate(size_mb * 1024 * 1024)
-        device = sh("losetup", "-f", "--show", str(image)).stdout.strip()
-        self.devices.append(device)
-        return device
-
-    def image(self, device: str) -> Path:
-        return self.workdir / f"disk{self.devices.index(device)}.img"
-
-    def cleanup(self) -> None:
-        for device in self.devices:
-            sh("umount", "-R", str(self.workdir / "mnt"), check=False)
-            sh("partx", "-d", device, check=False)
-            sh("losetup", "-d", device, check=False)
-
-
 @pytest.fixture
 def loops(tmp_path):
-    pool = Loops(tmp_path)
+    pool = LoopDevices(tmp_path)
+    pool.mounts.append(tmp_path / "mnt")  # read_data() mounts there; unmounted if a test fails midway
     try:
         yield pool
     finally:
@@ -204,7 +179,7 @@ def test_small_disk_refused(loops, tmp_path):
 def test_grow_only_when_asked(loops, tmp_path):
     disk = loops.add(300)
     assert provision(tmp_path, [disk])[0] == 0
-    with loops.image(disk).open("r+b") as handle:
+    with LoopDevices.backing(disk).open("r+b") as handle:
         handle.truncate(600 * 1024 * 1024)
     sh("losetup", "-c", disk)
     rc, result, out = provision(tmp_path, [disk])
