@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 MENU = role_defaults("iso")["iso_boot_entries"]
 BOOT_MODULES = role_defaults("kubesolo_os")["kubesolo_os_boot_modules"]
+MODULE_SUFFIX = {"zstd": ".ko.zst", "xz": ".ko.xz", "none": ".ko"}[role_defaults("kernel")["kernel_module_compression"]]
 SYSCTLS = role_defaults("init")["init_sysctls"]
 OK90 = re.escape(vmctl.SUCCESS_MARKER)
 DOUBLE_RUNNING = re.escape("[kubesolo-test-double] running")
@@ -113,9 +114,12 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
     # /usr/local persists, yet KubeSolo is the image's.
     assert host.file("/usr/local/bin/kubesolo").linked_to == IMAGE_BINARY
     assert host.run("/usr/local/bin/mytool").stdout.strip() == "mine"
-    # Stage 30: every module of modules.list is loaded (or built in).
+    # Stage 30: every module of modules.list is loaded (or built in), from compressed files, which only
+    # kmod's modprobe reads; login shells route `modprobe` to it too.
     for module in BOOT_MODULES:
         assert host.run(f"test -d /sys/module/{module}").rc == 0, module
+    assert host.run("/sbin/modinfo -n overlay").stdout.strip().endswith(MODULE_SUFFIX)
+    assert "kmod version" in host.run("sh -l -c 'modprobe --version'").stdout
     # Stage 40: every sysctl applied.
     for key, value in SYSCTLS.items():
         assert host.file(f"/proc/sys/{key.replace('.', '/')}").content_string.strip() == str(value), key

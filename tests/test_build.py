@@ -46,6 +46,18 @@ def test_manifest_records_every_input(built_image):
     assert str(REPO) not in json.dumps(manifest), "the manifest must not leak build-host paths"
 
 
+def test_modules_layer_holds_compressed_modules_that_depmod_indexes(built_image):
+    """Modules are stored as kernel_module_compression says (the unpacked initramfs stays in RAM), and
+    modules.dep names exactly those files, so kmod's modprobe finds them."""
+    suffix = {"zstd": ".ko.zst", "xz": ".ko.xz", "none": ".ko"}[role_defaults("kernel")["kernel_module_compression"]]
+    moddirs = list((REPO / "build" / "test" / "layers" / "modules" / "lib" / "modules").iterdir())
+    assert len(moddirs) == 1
+    files = {str(path.relative_to(moddirs[0])) for path in moddirs[0].rglob("*.ko*")}
+    assert files and all(name.endswith(suffix) for name in files)
+    listed = {line.split(":", 1)[0] for line in (moddirs[0] / "modules.dep").read_text().splitlines()}
+    assert listed == files
+
+
 def test_iso_menu_has_every_boot_entry(built_image, tmp_path):
     """The isolinux menu inside the ISO is generated from iso_boot_entries."""
     extracted = tmp_path / "isolinux.cfg"

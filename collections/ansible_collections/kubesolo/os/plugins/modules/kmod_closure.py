@@ -29,6 +29,9 @@ description:
     C(modules.dep), the module generates the index in a scratch directory (the source is not modified).
   - C(depmod) always runs with an empty configuration directory, so the build host's C(/etc/depmod.d)
     cannot change the result.
+  - With O(compression=xz) or O(compression=zstd) the module files are stored compressed (C(.ko.xz), C(.ko.zst)) and
+    C(depmod) indexes them under those names. C(modprobe) of kmod built with that compression decompresses them in
+    userspace, so the kernel needs no C(CONFIG_MODULE_DECOMPRESS); busybox's C(modprobe) cannot load them.
 author:
   - KubeSolo OS developers (!UNKNOWN)
 options:
@@ -65,12 +68,25 @@ options:
       - Run C(depmod -b <dest> <release>) when the set changed (or its index is missing).
     type: bool
     default: true
+  compression:
+    description:
+      - How module files are stored in O(dest). V(none) copies them as the source has them uncompressed.
+      - V(xz) writes C(.ko.xz) (CRC32 check, 1 MiB dictionary, as the kernel's own C(modules_install) does);
+        V(zstd) writes C(.ko.zst) (C(zstd -19), single-threaded). Both are deterministic, so rebuilds are
+        byte-identical.
+      - Source modules that are already compressed (C(.ko.xz), C(.ko.zst), C(.ko.gz)) are decompressed first.
+      - A file in O(dest) counts as up to date when its uncompressed content equals the source's.
+    type: str
+    choices: [none, xz, zstd]
+    default: none
 notes:
-  - Modules are copied with mode C(0644), keeping their modification time; directories get mode C(0755).
+  - Modules are written with mode C(0644), keeping the source's modification time; directories get mode C(0755).
   - Soft dependencies that this kernel cannot satisfy are skipped, as C(modprobe) does, and reported in
     RV(softdeps_unresolved).
 requirements:
-  - C(depmod) from kmod on the build host (unless O(depmod=false) and the source ships C(modules.dep)).
+  - C(depmod) from kmod on the build host (unless O(depmod=false) and the source ships C(modules.dep)); with
+    O(compression) it must support that compression (C(depmod --version) lists C(+XZ) / C(+ZSTD)).
+  - The C(zstd) program for O(compression=zstd) (or for zstd-compressed source modules).
 attributes:
   check_mode:
     support: full
@@ -92,6 +108,7 @@ EXAMPLES = r"""
     optional:
       - ip_vs_sh
     dest: build/layers/modules
+    compression: zstd
   register: kmods
 
 - name: Show what the set holds
@@ -135,16 +152,22 @@ files:
   type: int
   sample: 18
 size:
-  description: Total size in bytes of the module files (uncompressed on disk).
+  description: Total size in bytes of the module files, uncompressed.
   returned: always
   type: int
   sample: 2530000
+stored_size:
+  description: Total size in bytes of the module files as stored in O(dest) (compressed, per O(compression)).
+  returned: when not in check mode
+  type: int
+  sample: 610000
 added:
-  description: Relative paths (below C(lib/modules/<release>/)) of module files that were (or would be) added.
+  description: Relative paths (below C(lib/modules/<release>/)) of module files that were (or would be) added,
+    with the suffix of O(compression).
   returned: always
   type: list
   elements: str
-  sample: [kernel/net/bridge/bridge.ko]
+  sample: [kernel/net/bridge/bridge.ko.zst]
 removed:
   description: Relative paths of files that were (or would be) removed from the managed tree.
   returned: always
@@ -164,18 +187,28 @@ depmod_changed:
   sample: true
 """
 
-import filecmp
 import fnmatch
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 
 MODULE_DIRS = ("lib/modules", "usr/lib/modules")
 COPIED_META = ("modules.builtin", "modules.builtin.modinfo")
 DEPMOD_EXTRA_DIRS = ["/usr/sbin", "/sbin"]
+# compression option -> file suffix after .ko; and the suffix of every compressed module kmod reads.
+COMPRESSION_SUFFIX = {"none": "", "xz": ".xz", "zstd": ".zst"}
+COMPRESSED_SUFFIXES = {".xz": "xz", ".zst": "zstd", ".gz": "gzip"}
+# As the kernel's modules_install: CRC32 (what an in-kernel xz decoder checks) and a 1 MiB dictionary,
+# which bounds the decoder's memory; larger ones gain nothing on files of at most a few MiB.
+XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 20}]
+# From a file, so the frame records the content size; one thread, so the output never depends on the host.
+ZSTD_COMPRESS = ["-q", "--no-progress", "-19", "--single-thread", "-c", "--"]
 
 
 def normalize(name: str) -> str:
@@ -382,6 +415,67 @@ def load_source_index(module: AnsibleModule, srcdir: str, release: str) -> KmodI
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def plain_relpath(relpath: str) -> str:
+    """Path of a module file without its compression suffix (kernel/x.ko.xz -> kernel/x.ko)."""
+    root, ext = os.path.splitext(relpath)
+    return root if ext in COMPRESSED_SUFFIXES and root.endswith(".ko") else relpath
+
+
+def compression_of(relpath: str) -> str:
+    """Compression of a module file, from its name: xz, zstd, gzip or none."""
+    root, ext = os.path.splitext(relpath)
+    return COMPRESSED_SUFFIXES[ext] if ext in COMPRESSED_SUFFIXES and root.endswith(".ko") else "none"
+
+
+def zstd_path(module: AnsibleModule) -> str:
+    return module.get_bin_path("zstd", required=True)
+
+
+def read_module(module: AnsibleModule, path: str) -> bytes:
+    """Uncompressed content of a module file, whatever its compression."""
+    kind = compression_of(path)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if kind == "xz":
+        return lzma.decompress(data)
+    if kind == "gzip":
+        return gzip.decompress(data)
+    if kind == "zstd":
+        cmd = [zstd_path(module), "-q", "-d", "-c", "--", path]
+        rc, out, err = module.run_command(cmd, binary_data=True, encoding=None)
+        if rc != 0:
+            module.fail_json(msg=f"zstd cannot decompress {path}: {err!r}", cmd=cmd)
+        return out
+    return data
+
+
+def stored_bytes(module: AnsibleModule, src: str, compression: str) -> bytes:
+    """Bytes of the file that stores the module src in the given compression (deterministic)."""
+    if compression == compression_of(src):
+        with open(src, "rb") as fh:
+            return fh.read()
+    if compression == "xz":
+        return lzma.compress(
+            read_module(module, src), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=XZ_FILTERS
+        )
+    if compression == "zstd":
+        scratch = None
+        if compression_of(src) != "none":
+            fd, scratch = tempfile.mkstemp(prefix="kmod-", suffix=".ko", dir=module.tmpdir)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(read_module(module, src))
+        try:
+            cmd = [zstd_path(module), *ZSTD_COMPRESS, scratch or src]
+            rc, out, err = module.run_command(cmd, binary_data=True, encoding=None)
+            if rc != 0:
+                module.fail_json(msg=f"zstd cannot compress {src}: {err!r}", cmd=cmd)
+            return out
+        finally:
+            if scratch:
+                os.unlink(scratch)
+    return read_module(module, src)
+
+
 def managed_files(destdir: str) -> tuple[set[str], set[str]]:
     """Files (and symlinks) and directories below the sub-directories of destdir, relative to it."""
     files: set[str] = set()
@@ -403,10 +497,18 @@ def managed_files(destdir: str) -> tuple[set[str], set[str]]:
     return files, dirs
 
 
-def same_file(src: str, dst: str) -> bool:
+def same_module(module: AnsibleModule, src: str, dst: str) -> bool:
+    """Whether dst holds the module src: equal content once both are uncompressed."""
     if os.path.islink(dst) or not os.path.isfile(dst):
         return False
-    return filecmp.cmp(src, dst, shallow=False)
+    if compression_of(src) == compression_of(dst) and os.path.getsize(src) == os.path.getsize(dst):
+        with open(src, "rb") as sfh, open(dst, "rb") as dfh:
+            if sfh.read() == dfh.read():
+                return True
+    try:
+        return read_module(module, src) == read_module(module, dst)
+    except (lzma.LZMAError, OSError, EOFError):
+        return False
 
 
 def read_bytes(path: str) -> bytes | None:
@@ -430,7 +532,9 @@ def desired_meta(srcdir: str, relpaths: set[str]) -> dict[str, bytes | None]:
         meta["modules.order"] = None
     else:
         lines = order.decode("utf-8").splitlines()
-        kept = [line for line in lines if line.strip() in relpaths]
+        # The kernel's modules.order names uncompressed files (depmod matches it that way too).
+        plain = {plain_relpath(rel) for rel in relpaths}
+        kept = [line for line in lines if plain_relpath(line.strip()) in plain]
         meta["modules.order"] = "".join(line + "\n" for line in kept).encode("utf-8")
     return meta
 
@@ -445,20 +549,18 @@ def makedirs(path: str) -> None:
         os.chmod(directory, 0o755)
 
 
-def write_atomic(path: str, data: bytes | None = None, src: str | None = None) -> None:
+def write_atomic(path: str, data: bytes | None = None, mtime_of: str | None = None) -> None:
+    """Write data to path through a temporary file; with mtime_of, take that file's times."""
     directory = os.path.dirname(path)
     makedirs(directory)
     fd, tmp = tempfile.mkstemp(prefix=".kmod-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            if src is not None:
-                with open(src, "rb") as sfh:
-                    shutil.copyfileobj(sfh, fh)
-            elif data is not None:
+            if data is not None:
                 fh.write(data)
         os.chmod(tmp, 0o644)
-        if src is not None:
-            st = os.stat(src)
+        if mtime_of is not None:
+            st = os.stat(mtime_of)
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
@@ -467,6 +569,12 @@ def write_atomic(path: str, data: bytes | None = None, src: str | None = None) -
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def indexed_paths(destdir: str) -> list[str]:
+    """Module paths that modules.dep names (relative, as depmod writes them)."""
+    with open(os.path.join(destdir, "modules.dep"), encoding="utf-8") as fh:
+        return [line.partition(":")[0].strip() for line in fh if ":" in line]
 
 
 def snapshot(destdir: str) -> dict[str, str]:
@@ -491,6 +599,7 @@ def run_module() -> None:
             "optional": {"type": "list", "elements": "str", "default": []},
             "dest": {"type": "path", "required": True},
             "depmod": {"type": "bool", "default": True},
+            "compression": {"type": "str", "default": "none", "choices": list(COMPRESSION_SUFFIX)},
         },
         supports_check_mode=True,
     )
@@ -531,35 +640,45 @@ def run_module() -> None:
         )
 
     closed, unresolved = index.closure(wanted)
-    relpaths = {index.paths[name]: name for name in closed}
+    compression = params["compression"]
+    suffix = COMPRESSION_SUFFIX[compression]
+    # Path in dest (with the suffix of the chosen compression) -> path in the source.
+    sources = {plain_relpath(index.paths[name]) + suffix: index.paths[name] for name in closed}
 
     # Compare with the destination.
     destdir = os.path.join(dest, "lib", "modules", release)
     existing, existing_dirs = managed_files(destdir)
-    added = sorted(rel for rel in relpaths if rel not in existing)
-    updated = sorted(
-        rel
-        for rel in relpaths
-        if rel in existing and not same_file(os.path.join(srcdir, rel), os.path.join(destdir, rel))
-    )
-    removed = sorted(existing - set(relpaths))
+    added = sorted(rel for rel in sources if rel not in existing)
+    kept = sorted(rel for rel in sources if rel in existing)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        same = dict(
+            pool.map(
+                lambda rel: (rel, same_module(module, os.path.join(srcdir, sources[rel]), os.path.join(destdir, rel))),
+                kept,
+            )
+        )
+    updated = [rel for rel in kept if not same[rel]]
+    removed = sorted(existing - set(sources))
     # Directories that would be left empty (or are empty already).
     needed_dirs = set()
-    for rel in relpaths:
+    for rel in sources:
         parent = os.path.dirname(rel)
         while parent:
             needed_dirs.add(parent)
             parent = os.path.dirname(parent)
     stale_dirs = sorted(existing_dirs - needed_dirs, key=lambda d: d.count(os.sep), reverse=True)
 
-    meta = desired_meta(srcdir, set(relpaths))
+    meta = desired_meta(srcdir, set(sources.values()))
     meta_changed = sorted(name for name, data in meta.items() if read_bytes(os.path.join(destdir, name)) != data)
     files_changed = bool(added or updated or removed or stale_dirs)
     need_depmod = params["depmod"] and (
         files_changed or meta_changed or not os.path.exists(os.path.join(destdir, "modules.dep"))
     )
 
-    size = sum(os.path.getsize(os.path.join(srcdir, rel)) for rel in relpaths)
+    size = sum(
+        os.path.getsize(path) if compression_of(path) == "none" else len(read_module(module, path))
+        for path in (os.path.join(srcdir, rel) for rel in sources.values())
+    )
     before_names = sorted({name_of_path(rel) for rel in existing if ".ko" in os.path.basename(rel)})
     result = {
         "changed": files_changed or bool(meta_changed) or bool(need_depmod),
@@ -568,7 +687,7 @@ def run_module() -> None:
         "builtin": sorted(builtin),
         "missing": sorted(missing),
         "softdeps_unresolved": sorted(unresolved),
-        "files": len(relpaths),
+        "files": len(sources),
         "size": size,
         "added": added,
         "removed": removed,
@@ -595,8 +714,14 @@ def run_module() -> None:
         path = os.path.join(destdir, rel)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
-    for rel in [*added, *updated]:
-        write_atomic(os.path.join(destdir, rel), src=os.path.join(srcdir, rel))
+    writes = [*added, *updated]
+    # Compression (zstd -19, xz -9e) is the slow part of a cold build: one file per core at a time.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        contents = pool.map(
+            lambda rel: (rel, stored_bytes(module, os.path.join(srcdir, sources[rel]), compression)), writes
+        )
+        for rel, data in contents:
+            write_atomic(os.path.join(destdir, rel), data=data, mtime_of=os.path.join(srcdir, sources[rel]))
     makedirs(destdir)
     for name in meta_changed:
         data = meta[name]
@@ -604,11 +729,20 @@ def run_module() -> None:
             os.unlink(os.path.join(destdir, name))
         else:
             write_atomic(os.path.join(destdir, name), data=data)
+    result["stored_size"] = sum(os.path.getsize(os.path.join(destdir, rel)) for rel in sources)
 
     if need_depmod:
         before = snapshot(destdir)
         run_depmod(module, dest, release)
         after = snapshot(destdir)
+        # A depmod without this compression skips such files with a mere warning: modprobe could not find them.
+        unindexed = sorted(set(sources) - set(indexed_paths(destdir)))
+        if unindexed:
+            module.fail_json(
+                msg=f"depmod did not index {len(unindexed)} module file(s), e.g. {unindexed[0]}: does the build "
+                f"host's depmod support {compression} (depmod --version)?",
+                unindexed=unindexed,
+            )
         result["depmod_changed"] = bool(meta_changed) or before != after
     result["changed"] = files_changed or result["depmod_changed"]
     module.exit_json(**result)

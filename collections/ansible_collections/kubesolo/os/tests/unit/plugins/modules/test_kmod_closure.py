@@ -9,6 +9,7 @@ build cache (or at $KUBESOLO_KERNEL_ROOT), and is skipped otherwise.
 from __future__ import annotations
 
 import glob
+import lzma
 import os
 import shutil
 import subprocess
@@ -111,7 +112,7 @@ def depmod_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def fake_depmod(module: basic.AnsibleModule, base: str, release: str) -> None:
         calls.append(base)
         moddir = Path(base) / "lib" / "modules" / release
-        found = sorted(str(p.relative_to(moddir)) for p in moddir.rglob("*.ko"))
+        found = sorted(str(p.relative_to(moddir)) for p in moddir.rglob("*.ko*"))
         (moddir / "modules.dep").write_text("".join(f"{rel}:\n" for rel in found))
 
     monkeypatch.setattr(kmod_closure, "run_depmod", fake_depmod)
@@ -318,3 +319,105 @@ def test_index_file_missing_from_source_is_removed(tmp_path: Path, depmod_calls:
     assert run(**args)["changed"] is True
     assert not copied.exists()
     assert run(**args)["changed"] is False
+
+
+def test_xz_compression_stores_ko_xz_and_is_idempotent(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    args = {"root": str(tmp_path / "src"), "modules": ["alpha"], "dest": str(tmp_path / "img"), "compression": "xz"}
+    res = run(**args)
+    destdir = tmp_path / "img" / "lib" / "modules" / REL
+    assert res["added"] == sorted(f"{rel}.xz" for rel in MODULES if kmod_closure.name_of_path(rel) in res["modules"])
+    assert not list(destdir.rglob("*.ko"))
+    stored = (destdir / "kernel/net/alpha/alpha.ko.xz").read_bytes()
+    assert lzma.decompress(stored) == b"alpha"
+    # CRC32 check (what an in-kernel xz decoder accepts); the size reported is the uncompressed one.
+    assert stored[6:8] == b"\x00\x01"
+    assert res["size"] == sum(len(MODULES[rel[: -len(".xz")]]) for rel in res["added"])
+    assert res["stored_size"] == sum((destdir / rel).stat().st_size for rel in res["added"])
+    # modules.order keeps the kernel's uncompressed names; depmod matches them to the .ko.xz files.
+    assert "kernel/net/alpha/alpha.ko" in (destdir / "modules.order").read_text().splitlines()
+    assert "kernel/net/alpha/alpha.ko.xz:" in (destdir / "modules.dep").read_text()
+    again = run(**args)
+    assert again["changed"] is False and again["updated"] == []
+    # Byte-identical output: a second tree from the same source.
+    run(**{**args, "dest": str(tmp_path / "img2")})
+    assert (tmp_path / "img2" / "lib" / "modules" / REL / "kernel/net/alpha/alpha.ko.xz").read_bytes() == stored
+
+
+def test_switching_compression_replaces_the_files(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    args = {"root": str(tmp_path / "src"), "modules": ["beta"], "dest": str(tmp_path / "img")}
+    run(**args)
+    res = run(**args, compression="xz")
+    assert res["added"] == ["kernel/net/beta.ko.xz"] and res["removed"] == ["kernel/net/beta.ko"]
+    # A stored file whose content differs (once uncompressed) is rewritten.
+    destdir = tmp_path / "img" / "lib" / "modules" / REL
+    (destdir / "kernel/net/beta.ko.xz").write_bytes(lzma.compress(b"tampered"))
+    assert run(**args, compression="xz")["updated"] == ["kernel/net/beta.ko.xz"]
+    res = run(**args, compression="none")
+    assert res["added"] == ["kernel/net/beta.ko"] and res["removed"] == ["kernel/net/beta.ko.xz"]
+    assert (destdir / "kernel/net/beta.ko").read_bytes() == b"beta"
+
+
+def test_compressed_source_modules_are_decompressed_first(tmp_path: Path, depmod_calls: list[str]) -> None:
+    moddir = make_kernel(tmp_path / "src")
+    (moddir / "kernel/net/beta.ko.xz").write_bytes(lzma.compress(b"beta", check=lzma.CHECK_CRC64))
+    (moddir / "kernel/net/beta.ko").unlink()
+    (moddir / "modules.dep").write_text(MODULES_DEP.replace("kernel/net/beta.ko", "kernel/net/beta.ko.xz"))
+    res = run(root=str(tmp_path / "src"), modules=["beta"], dest=str(tmp_path / "img"), compression="none")
+    assert res["added"] == ["kernel/net/beta.ko"] and res["size"] == 4
+    assert (tmp_path / "img" / "lib" / "modules" / REL / "kernel/net/beta.ko").read_bytes() == b"beta"
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd program")
+def test_zstd_compression_is_deterministic(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    args = {"root": str(tmp_path / "src"), "modules": ["gamma"], "compression": "zstd"}
+    res = run(**args, dest=str(tmp_path / "img"))
+    assert res["added"] == ["kernel/lib/gamma.ko.zst"]
+    stored = tmp_path / "img" / "lib" / "modules" / REL / "kernel/lib/gamma.ko.zst"
+    out = subprocess.run(["zstd", "-d", "-c", "-q", str(stored)], check=True, capture_output=True).stdout
+    assert out == b"gamma"
+    assert run(**args, dest=str(tmp_path / "img"))["changed"] is False
+    run(**args, dest=str(tmp_path / "img2"))
+    assert (tmp_path / "img2" / "lib" / "modules" / REL / "kernel/lib/gamma.ko.zst").read_bytes() == stored.read_bytes()
+
+
+def test_unindexed_compressed_files_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A depmod that cannot read the compression leaves the files out of modules.dep: the task fails."""
+    make_kernel(tmp_path / "src")
+
+    def blind_depmod(module: basic.AnsibleModule, base: str, release: str) -> None:
+        (Path(base) / "lib" / "modules" / release / "modules.dep").write_text("")
+
+    monkeypatch.setattr(kmod_closure, "run_depmod", blind_depmod)
+    res = fail(root=str(tmp_path / "src"), modules=["beta"], dest=str(tmp_path / "img"), compression="xz")
+    assert res["unindexed"] == ["kernel/net/beta.ko.xz"]
+    assert "xz" in res["msg"]
+
+
+@pytest.mark.skipif(_real_kernel_root() is None, reason="no extracted Debian kernel package in build/cache")
+@pytest.mark.skipif(shutil.which("depmod", path="/usr/sbin:/sbin:/usr/bin") is None, reason="needs kmod's depmod")
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd program")
+def test_real_debian_kernel_zstd_set_is_indexed_by_depmod(tmp_path: Path) -> None:
+    """depmod indexes the .ko.zst files, and modprobe resolves the dependencies through them."""
+    root = _real_kernel_root()
+    assert root is not None
+    dest = tmp_path / "img"
+    res = run(root=str(root), modules=["overlay", "nf_conntrack"], dest=str(dest), compression="zstd")
+    destdir = dest / "lib" / "modules" / res["release"]
+    assert not list(destdir.rglob("*.ko")) and len(list(destdir.rglob("*.ko.zst"))) == res["files"]
+    assert res["stored_size"] < res["size"] / 2
+    dep = (destdir / "modules.dep").read_text()
+    assert "kernel/fs/overlayfs/overlay.ko.zst:" in dep
+    modprobe = shutil.which("modprobe", path="/usr/sbin:/sbin:/usr/bin")
+    if modprobe:
+        emptycfg = tmp_path / "modprobe.d"
+        emptycfg.mkdir()
+        out = subprocess.run(
+            [modprobe, "-C", str(emptycfg), "-d", str(dest), "-S", res["release"], "--show-depends", "nf_conntrack"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "libcrc32c.ko.zst" in out and "nf_conntrack.ko.zst" in out
