@@ -268,7 +268,15 @@ def test_depmod_false_does_not_run_depmod(tmp_path: Path, depmod_calls: list[str
     )
 
 
-def _real_kernel_root() -> Path | None:
+@pytest.fixture
+def real_kernel_root() -> Path:
+    """The extracted Debian kernel package, for the tests that run kmod_closure (and so depmod) on it.
+
+    Looked up when the test runs, not when it is collected: in the full suite the image build (tests/, which
+    pytest runs first) has extracted it by then. In CI a missing package is a failure, not a skip, so these
+    tests cannot silently stop running."""
+    if shutil.which("depmod", path="/usr/sbin:/sbin:/usr/bin") is None:
+        pytest.skip("needs kmod's depmod")
     candidates = [os.environ.get("KUBESOLO_KERNEL_ROOT", "")]
     pkgroot = REPO / "build" / "cache" / "pkgroot"
     candidates += sorted(glob.glob(str(pkgroot / "linux-image-*")))
@@ -276,35 +284,22 @@ def _real_kernel_root() -> Path | None:
     for candidate in candidates:
         if candidate and glob.glob(os.path.join(candidate, "lib", "modules", "*", "kernel", "net")):
             return Path(candidate)
-    return None
+    message = "no extracted Debian kernel package in build/cache/pkgroot (nor at $KUBESOLO_KERNEL_ROOT)"
+    if os.environ.get("CI"):
+        pytest.fail(message + ": the full suite builds the image before the unit tests run")
+    pytest.skip(message)
 
 
-@pytest.fixture
-def real_kernel_root() -> Path:
-    """The extracted Debian kernel package. Looked up when the test runs, not when it is collected: in the
-    full suite the image build (tests/, which pytest runs first) has extracted it by then. In CI a missing
-    package is a failure, not a skip, so these tests cannot silently stop running."""
-    root = _real_kernel_root()
-    if root is None:
-        message = "no extracted Debian kernel package in build/cache/pkgroot (nor at $KUBESOLO_KERNEL_ROOT)"
-        if os.environ.get("CI"):
-            pytest.fail(message + ": the full suite builds the image before the unit tests run")
-        pytest.skip(message)
-    return root
-
-
-@pytest.mark.skipif(shutil.which("depmod", path="/usr/sbin:/sbin:/usr/bin") is None, reason="needs kmod's depmod")
 def test_real_debian_kernel_nf_conntrack_pulls_crc32c(tmp_path: Path, real_kernel_root: Path) -> None:
-    root = real_kernel_root
     dest = tmp_path / "img"
-    res = run(root=str(root), modules=["nf_conntrack", "crc32"], dest=str(dest))
+    res = run(root=str(real_kernel_root), modules=["nf_conntrack", "crc32"], dest=str(dest))
     # nf_conntrack depends on libcrc32c, whose softdep "pre: crc32c" is the alias of crc32c_generic/_intel.
     assert {"nf_conntrack", "libcrc32c", "crc32c_generic"} <= set(res["modules"])
     assert res["builtin"] == ["crc32"]
     destdir = dest / "lib" / "modules" / res["release"]
     assert (destdir / "modules.dep").is_file() and (destdir / "modules.softdep").is_file()
     assert "softdep libcrc32c pre: crc32c" in (destdir / "modules.softdep").read_text()
-    assert run(root=str(root), modules=["nf_conntrack", "crc32"], dest=str(dest))["changed"] is False
+    assert run(root=str(real_kernel_root), modules=["nf_conntrack", "crc32"], dest=str(dest))["changed"] is False
     modprobe = shutil.which("modprobe", path="/usr/sbin:/sbin:/usr/bin")
     if modprobe:
         emptycfg = tmp_path / "modprobe.d"
@@ -408,13 +403,11 @@ def test_unindexed_compressed_files_fail(tmp_path: Path, monkeypatch: pytest.Mon
     assert "xz" in res["msg"]
 
 
-@pytest.mark.skipif(shutil.which("depmod", path="/usr/sbin:/sbin:/usr/bin") is None, reason="needs kmod's depmod")
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd program")
 def test_real_debian_kernel_zstd_set_is_indexed_by_depmod(tmp_path: Path, real_kernel_root: Path) -> None:
     """depmod indexes the .ko.zst files, and modprobe resolves the dependencies through them."""
-    root = real_kernel_root
     dest = tmp_path / "img"
-    res = run(root=str(root), modules=["overlay", "nf_conntrack"], dest=str(dest), compression="zstd")
+    res = run(root=str(real_kernel_root), modules=["overlay", "nf_conntrack"], dest=str(dest), compression="zstd")
     destdir = dest / "lib" / "modules" / res["release"]
     assert not list(destdir.rglob("*.ko")) and len(list(destdir.rglob("*.ko.zst"))) == res["files"]
     assert res["stored_size"] < res["size"] / 2
