@@ -52,7 +52,12 @@ def test_boot_and_sizes_are_broken_down(report):
     sizes = report["sizes"]
     assert set(sizes["layers"]) == {"userland", "modules", "kubesolo", "init"}
     assert sizes["iso_bytes"] > sizes["initramfs_bytes"] > 0
-    assert 0 < report["memory"]["in_use_mb"] < report["memory"]["mem_total_kb"] / 1024
+    memory = report["memory"]["runs"][0]
+    assert 0 < memory["in_use_mb"] < memory["mem_total_kb"] * 1024 / 1e6
+    # The limits are in MB (10^6 bytes); /proc/meminfo's "kB" is KiB.
+    assert memory["in_use_mb"] == round((memory["mem_total_kb"] - memory["mem_available_kb"]) * 1024 / 1e6, 2)
+    iso_without_kubesolo = sizes["iso_bytes"] - sizes["layers"]["kubesolo"]["compressed_bytes"]
+    assert sizes["iso_without_kubesolo_mb"] == round(iso_without_kubesolo / 1e6, 2)
 
 
 def test_markdown_table_has_every_target(report):
