@@ -105,6 +105,15 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
     # Stage 00: drivers of the hardware present loaded by modalias before the disk wait.
     for module in ("virtio_blk", "virtio_net"):
         assert host.file(f"/sys/module/{module}").is_directory, module
+    # Stage 00: a CPU-feature module the CPU cannot run is skipped by kmod, not loaded and failed on every
+    # soft dependency (crc32c_intel needs SSE4.2, which QEMU's default CPU model lacks).
+    cpu_skips = host.file("/run/modprobe.d/kubesolo-os-cpu.conf")
+    if "sse4_2" in host.file("/proc/cpuinfo").content_string.split():
+        assert not cpu_skips.exists or "install crc32c_intel :" not in cpu_skips.content_string
+    else:
+        assert "install crc32c_intel :" in cpu_skips.content_string.splitlines()
+        assert not host.file("/sys/module/crc32c_intel").exists
+        assert host.file("/sys/module/crc32c_generic").is_directory
     # Stage 20: ext4 data partition, the five bind mounts, first-boot structure.
     assert re.search(r"^/dev/vda /mnt/data ext4 ", mounts, re.M)
     for bind in role_defaults("init")["init_bind_mounts"]:
