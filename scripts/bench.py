@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "collections"))
 
+import kubesolo_double  # noqa: E402  (tests/kubesolo_double.py: builds the KubeSolo test double)
 import vmctl  # noqa: E402  (tests/vmctl.py: the one place that runs QEMU)
 from ansible_collections.kubesolo.os.plugins.modules import cpio_pack  # noqa: E402
 
@@ -158,6 +159,7 @@ class Builder:
         env = tool_env()
         env.update({"ANSIBLE_CALLBACK_PLUGINS": str(PLUGINS), "ANSIBLE_CALLBACKS_ENABLED": "task_timer",
                     "BENCH_TASK_TIMES": str(times)})
+        kubesolo_double.build()  # the test build (BUILD_VARS) ships it
         cmd = [str(VENV_BIN / "ansible-playbook"), "build.yml", "-e", f"@{BUILD_VARS}",
                "-e", f"kubesolo_os_build_dir={self.tree}", "-e", f"kubesolo_os_cache_dir={self.cache}",
                "-e", f"kubesolo_os_output_dir={self.output}", *extra]

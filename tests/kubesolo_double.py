@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Builds the KubeSolo TEST DOUBLE (tests/kubesolo-double/main.go) that the test image ships
+instead of the real KubeSolo (tests/build-vars.yml: kubesolo_binary_src).
+
+The double parses its arguments with kingpin v2, the parser KubeSolo uses, and checks what KubeSolo
+needs from the OS (see main.go). It is built offline from Debian's packages (requirements-apt.txt:
+golang-go, golang-gopkg-alecthomas-kingpin.v2-dev) as a static binary, with GOPATH mode
+(GO111MODULE=off, GOPATH=/usr/share/gocode). The build is skipped while the source is unchanged.
+
+Usage: python3 tests/kubesolo_double.py [DEST]   (default: build/test-double/kubesolo)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = REPO / "tests" / "kubesolo-double"
+DEFAULT_DEST = REPO / "build" / "test-double" / "kubesolo"
+GOPATH = "/usr/share/gocode"
+
+
+def source_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(SOURCE.glob("*.go")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def build(dest: Path = DEFAULT_DEST) -> Path:
+    """Build the double into dest (if its source changed); returns dest. Raises RuntimeError with
+    the compiler's output when the build fails (for example without Debian's Go packages)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stamp = dest.with_name(dest.name + ".sha256")
+    want = source_digest()
+    if dest.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return dest
+    env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, CGO_ENABLED="0", GOFLAGS="",
+               GOCACHE=str(dest.parent / "gocache"))
+    tmp = dest.with_name(dest.name + ".tmp")
+    result = subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."],
+                            cwd=SOURCE, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the KubeSolo test double failed (go build in {SOURCE}):\n"
+                           f"{result.stdout}{result.stderr}")
+    tmp.replace(dest)
+    stamp.write_text(want + "\n")
+    return dest
+
+
+if __name__ == "__main__":
+    print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DEST))
