@@ -23,6 +23,8 @@ import pytest
 import vmctl
 from conftest import BUILD_VARS, REPO, ROOT_PASSWORD, ansible_playbook, role_defaults
 from initramfs_archive import Archive, Entry, read_archives
+from test_cloudinit import bb
+from test_init_shell import _run_role
 
 # setuid/setgid files the image may carry, with the reason. None: everything in KubeSolo OS runs as root
 # (busybox-static is installed without its setuid bit; sulogin and login run as root from the init).
@@ -149,6 +151,29 @@ def test_build_at_vv_with_diff_prints_no_secret(secrets_build) -> None:
         for path in (tree / "output").iterdir():
             if path.suffix in (".json", "") and path.is_file() and path.stat().st_size < 1_000_000:
                 assert secret.encode() not in path.read_bytes(), f"{path} holds the {what}"
+
+
+@pytest.fixture(scope="module")
+def init_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The init layer rendered by the role (as tests/test_cloudinit.py renders it)."""
+    workdir = tmp_path_factory.mktemp("init-role-audit")
+    _run_role(workdir, workdir / "layers")
+    return workdir / "layers" / "init"
+
+
+def test_kubesolo_env_is_written_0600_under_the_inits_umask(init_layer: Path, tmp_path: Path) -> None:
+    """Stage 90's KubeSolo environment file holds the Edge id/key: 0600 even though the init runs with umask
+    022, and neither secret is logged (cloud-init.sh's ksi_ci_kubesolo under the host's busybox sh)."""
+    config = tmp_path / "edge.yaml"
+    config.write_text(f"kubesolo:\n  portainer_edge_id: {EDGE_ID_MEDIUM}\n  portainer_edge_key: {EDGE_KEY_MEDIUM}\n")
+    script = f'umask 022; ksi_ci_check "{config}" "$KSI_CI_FLAT" && ksi_ci_kubesolo; echo "rc=$?"'
+    result = bb(init_layer, tmp_path, script)
+    assert "rc=0" in result.stdout, result.stderr
+    env_file = tmp_path / "kubesolo.env"
+    assert env_file.read_text().splitlines() == [f"KUBESOLO_PORTAINER_EDGE_ID={EDGE_ID_MEDIUM}",
+                                                 f"KUBESOLO_PORTAINER_EDGE_KEY={EDGE_KEY_MEDIUM}"]
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert EDGE_ID_MEDIUM not in result.stderr + result.stdout and EDGE_KEY_MEDIUM not in result.stderr + result.stdout
 
 
 # --------------------------------------------------------------------------------------------
