@@ -540,9 +540,21 @@ def entry_is_current(path: str, entry: Entry) -> bool:
     return filecmp.cmp(path, entry.source, shallow=False)
 
 
+def makedirs(path: str) -> None:
+    """Create path and its missing parents 0755 whatever the umask (the image's modes must not depend on the
+    build host's umask: reproducible builds)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory)
+        os.chmod(directory, 0o755)
+
+
 def install(path: str, entry: Entry) -> None:
     parent = os.path.dirname(path)
-    os.makedirs(parent, mode=0o755, exist_ok=True)
+    makedirs(parent)
     if os.path.isdir(path) and not os.path.islink(path):
         raise ClosureError(f"{path} is a directory in the image; cannot replace it with a {entry.kind}")
     fd, tmp = tempfile.mkstemp(prefix=".elf_closure.", dir=parent)

@@ -390,7 +390,13 @@ def run_depmod(module: AnsibleModule, base: str, release: str) -> None:
     emptycfg = tempfile.mkdtemp(prefix="depmod.d-", dir=module.tmpdir)
     try:
         cmd = [depmod_path(module), "-b", base, "-C", emptycfg, release]
-        rc, out, err = module.run_command(cmd)
+        # depmod creates its index files 0666 & ~umask: under umask 022 whatever the build host's umask, so
+        # the image does not depend on it (reproducible builds).
+        old_umask = os.umask(0o022)
+        try:
+            rc, out, err = module.run_command(cmd)
+        finally:
+            os.umask(old_umask)
         if rc != 0:
             module.fail_json(msg=f"depmod failed (rc={rc}): {err.strip() or out.strip()}", cmd=cmd)
     finally:
