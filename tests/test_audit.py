@@ -180,6 +180,15 @@ def test_kubesolo_env_is_written_0600_under_the_inits_umask(init_layer: Path, tm
 # A booted guest: the password typed at the emergency shell, a cloud-init file with an Edge id/key.
 # --------------------------------------------------------------------------------------------
 
+def parse_stat(output: str) -> list[tuple[str, int, int, int]]:
+    """find_problems() output ('%f %u %g %n' lines) as mode_problems() entries."""
+    entries = []
+    for line in output.splitlines():
+        mode, uid, gid, path = line.split(" ", 3)
+        entries.append((path, int(mode, 16), int(uid), int(gid)))
+    return entries
+
+
 def find_problems(roots: list[str], busybox: str = "") -> str:
     """A busybox find command printing (as stat's '%f %u %g %n') every entry on the file systems of ROOTS
     (-xdev) that mode_problems() rejects. Run in the guest, and on the host with BUSYBOX to compare."""
@@ -227,13 +236,14 @@ def test_booted_guest_shows_no_secret_and_no_unsafe_file(boot, tmp_path: Path) -
     mounted = vm.ssh("cat /proc/mounts").stdout
     for point in roots[1:]:
         assert re.search(rf"^\S+ {re.escape(point)} ", mounted, re.M), f"{point} is not mounted"
-    found = vm.ssh(find_problems(roots), timeout=300)
-    assert found.stdout.strip() == "", found.stdout
+    found = vm.ssh(find_problems(roots), timeout=300).stdout
+    assert mode_problems(parse_stat(found)) == [], found
     # The find really looks: a world-writable file, a setuid file and a foreign owner are each reported.
     vm.ssh("touch /var/log/ww /var/log/su /var/log/owned && chmod 0666 /var/log/ww && chmod 4755 /var/log/su && "
            "chown 1000:0 /var/log/owned")
-    found = vm.ssh(find_problems(["/var/log"])).stdout.split("\n")
-    assert sorted(line.split()[-1] for line in found if line) == ["/var/log/owned", "/var/log/su", "/var/log/ww"]
+    found = vm.ssh(find_problems(["/var/log"])).stdout
+    assert sorted(problem.split(":")[0] for problem in mode_problems(parse_stat(found))) == [
+        "/var/log/owned", "/var/log/su", "/var/log/ww"]
     vm.ssh("rm -f /var/log/ww /var/log/su /var/log/owned")
 
 
@@ -262,4 +272,5 @@ def test_guest_find_command_agrees_with_the_python_rules(tmp_path: Path) -> None
                                                             "group"))
     found = subprocess.run([busybox, "sh", "-c", find_problems([str(tree)], busybox)], capture_output=True,
                            text=True, timeout=60, check=True).stdout
-    assert sorted(line.split()[-1] for line in found.splitlines()) == expected
+    assert sorted(path for path, *_ in parse_stat(found)) == expected
+    assert sorted({problem.split(":")[0] for problem in mode_problems(parse_stat(found))}) == expected
