@@ -25,6 +25,7 @@ description:
   - Non-ELF files (scripts, configuration, data) are copied as plain files. ELF files that are loaded
     with C(dlopen()) (plugins such as C(xtables/*.so)) must be listed in O(files); their closure is
     then resolved too.
+  - Directories it creates in the image tree are C(0755) whatever the umask of the build host.
   - Remembers what it installed in O(state_file); paths installed by an earlier run that are no longer
     needed are removed. Paths it never installed are never removed.
 author:

@@ -27,8 +27,8 @@ description:
     built-in modules. Then C(depmod -b dest <release>) regenerates the index when anything changed.
   - Debian kernel packages do not ship C(modules.dep) (their postinst generates it). When the source has no
     C(modules.dep), the module generates the index in a scratch directory (the source is not modified).
-  - C(depmod) always runs with an empty configuration directory, so the build host's C(/etc/depmod.d)
-    cannot change the result.
+  - C(depmod) always runs with an empty configuration directory and under umask C(022), so neither the build host's
+    C(/etc/depmod.d) nor its umask can change the result (the index files are C(0644)).
   - With O(compression=xz) or O(compression=zstd) the module files are stored compressed (C(.ko.xz), C(.ko.zst)) and
     C(depmod) indexes them under those names. C(modprobe) of kmod built with that compression decompresses them in
     userspace, so the kernel needs no C(CONFIG_MODULE_DECOMPRESS); busybox's C(modprobe) cannot load them.
