@@ -120,9 +120,11 @@ def test_initramfs_entries_have_safe_modes_and_root_owners(built_image) -> None:
 @pytest.fixture(scope="session")
 def secrets_build(built_image):
     """The test image built again at -vv with --diff, with a built-in cloud-init file that carries an Edge
-    id and key, in its own build tree (the download cache is shared)."""
+    id and key, in its own, empty build tree (the download cache is shared)."""
     other = REPO / "build" / "test-secrets"
-    other.mkdir(parents=True, exist_ok=True)
+    # From an empty tree every task that handles a secret makes a change, so its diff would be printed.
+    shutil.rmtree(other, ignore_errors=True)
+    other.mkdir(parents=True)
     default = other / "cloud-init.default.yaml"
     default.write_text(f'#cloud-config\nkubesolo:\n  portainer_edge_id: "{EDGE_ID_BUILT_IN}"\n'
                        f'  portainer_edge_key: "{EDGE_KEY_BUILT_IN}"\n')
