@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Under CI a skipped test fails unless tests/skip_policy.py allows it (loaded for the whole session).
+pytest_plugins = ["skip_policy"]
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 BUILD_VARS = REPO / "tests" / "build-vars.yml"
@@ -146,6 +149,16 @@ def vm_pool(request) -> tuple:
     return start, guests
 
 
+def stop_guests(guests: list) -> None:
+    """Stop every VM, then fail the test if one printed an [ERROR] line it did not declare with
+    Guest.allow_errors(): every boot is checked for errors, also those printed after its last wait."""
+    for vm in guests:
+        vm.stop()
+    problems = [f"{vm.spec.name}: {line}" for vm in guests for line in vm.unexpected_errors()]
+    if problems:
+        pytest.fail("unexpected [ERROR] lines in the serial log:\n" + "\n".join(problems), pytrace=False)
+
+
 @pytest.fixture
 def boot(built_image, request):
     """Factory that boots the test image: its kernel and initramfs directly (append= adds kernel
@@ -166,5 +179,4 @@ def boot(built_image, request):
         )
 
     yield start
-    for vm in guests:
-        vm.stop()
+    stop_guests(guests)

@@ -27,6 +27,14 @@ SSH_OPTIONS = [
 ]
 
 MENU_DOWN = b"\x1b[B"
+# Home: stops the menu's countdown (any key does, in isolinux's menu.c32 and in GRUB) and selects the first
+# entry, so the entry is counted from the top whatever the default is.
+MENU_HOME = b"\x1b[H"
+# A root shell prompt: the login shells' PS1 (userland_ps1, `root@host:~# `) or the emergency shell's
+# `(kubesolo-emergency) # `, wherever it is in the output (a kernel message may follow it).
+SHELL_PROMPT = r"(?:\(kubesolo-emergency\) |[^\s@]+@[^\s:]+:[^\s#]*)# "
+# busybox ash's cursor position query.
+CURSOR_QUERY = "\x1b[6n"
 
 
 def _drain(conn: socket.socket) -> None:
@@ -50,6 +58,7 @@ class Guest:
     ssh_key: Path
     offset: int = 0
     started: float = field(default_factory=time.monotonic)
+    allowed_errors: list[str] = field(default_factory=list)
     _serial: socket.socket | None = field(default=None, repr=False)
 
     # --- serial console -------------------------------------------------------------------
@@ -57,14 +66,24 @@ class Guest:
     def log(self) -> str:
         return vmctl.read_log(self.spec.serial_log)
 
-    def wait(self, *patterns: str, timeout: float = 240, errors_fail: bool = True) -> str:
+    def wait(self, *patterns: str, timeout: float = 240, errors_fail: bool = True, poll: float = 0.25) -> str:
         """Wait for regexes in the serial output since the last mark(); returns that output."""
         text, _ = vmctl.wait_for(
             self.spec.serial_log, patterns, timeout,
             fail_patterns=(vmctl.ERROR_MARKER,) if errors_fail else (),
-            offset=self.offset, pidfile=self.spec.pidfile,
+            offset=self.offset, pidfile=self.spec.pidfile, poll=poll,
         )
         return text
+
+    def allow_errors(self, *patterns: str) -> None:
+        """Declare the [ERROR] lines this test provokes on purpose (regexes searched in the line). Any other
+        [ERROR] line in the serial log fails the test when its VMs are stopped (conftest.stop_guests)."""
+        self.allowed_errors.extend(patterns)
+
+    def unexpected_errors(self) -> list[str]:
+        """The serial log's [ERROR] lines that no allow_errors() pattern matches."""
+        lines = [line.strip() for line in self.log.splitlines() if vmctl.ERROR_MARKER in line]
+        return [line for line in lines if not any(re.search(p, line) for p in self.allowed_errors)]
 
     def wait_booted(self, timeout: float = 240) -> float:
         """Wait for the stage-90 marker; returns seconds since QEMU started."""
@@ -94,10 +113,14 @@ class Guest:
             time.sleep(delay)
 
     def choose_menu_entry(self, index: int, menu_pattern: str) -> None:
-        """Pick the index-th entry of the boot menu (isolinux or GRUB) with the arrow keys."""
+        """Pick the index-th entry (from the top) of the boot menu (isolinux or GRUB) with the arrow keys."""
         self.type(b"", delay=0)  # connect before the menu shows: its timeout is short
-        self.wait(menu_pattern, timeout=120)
-        # Each escape sequence in one write: a lone ESC followed by a pause is the Esc key.
+        self.wait(menu_pattern, timeout=120, poll=0.02)
+        # First stop the countdown (a few seconds): a key at once, before any pause, so the menu cannot
+        # boot its default while the entry is being chosen. Each escape sequence in one write: a lone ESC
+        # followed by a pause is the Esc key.
+        self.type(MENU_HOME, delay=0)
+        time.sleep(0.3)
         for _ in range(index):
             self.type(MENU_DOWN, delay=0)
             time.sleep(0.3)
@@ -108,8 +131,13 @@ class Guest:
 
         busybox ash asks the terminal for the cursor position (ESC [6n) and waits for the reply;
         a serial log is no terminal, so the reply is typed for it."""
-        text = self.wait(r"# (\x1b\[6n)?$", timeout=timeout, errors_fail=errors_fail)
-        if text.endswith("\x1b[6n"):
+        text = self.wait(SHELL_PROMPT, timeout=timeout, errors_fail=errors_fail, poll=0.1)
+        prompt = list(re.finditer(SHELL_PROMPT, text))[-1]
+        # The query follows the prompt, perhaps after a kernel message; it may also still be on its way.
+        if CURSOR_QUERY not in text[prompt.end():]:
+            time.sleep(0.5)
+            text = vmctl.read_log(self.spec.serial_log, self.offset)
+        if CURSOR_QUERY in text[prompt.end():]:
             self.type(b"\x1b[1;1R", delay=0)
         self.mark()
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 
 import pytest
-from conftest import BUILD_VARS, REPO, ansible_playbook, role_defaults
+from conftest import BUILD_VARS, REPO, VENV_BIN, ansible_playbook, role_defaults, run, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -91,16 +92,31 @@ def test_rebuild_with_nothing_changed_reports_no_changes(built_image):
     assert rerun.recap.get("changed", -1) == 0, rerun.changed_tasks()
 
 
-def test_two_builds_give_a_byte_identical_iso(built_image, tmp_path_factory):
-    """A second build in another build tree, from the same inputs, gives the same bytes."""
+REPRO_UMASK = 0o077  # the test runs under 022; 077 takes group and other bits away from every new file
+REPRO_TZ = "Pacific/Kiritimati"  # UTC+14, a different calendar day from UTC for most of it
+
+
+def test_two_builds_are_byte_identical_across_umask_tz_and_cache(built_image):
+    """A second build in another build tree, from the same inputs, under another umask and time zone, with
+    an EMPTY download/extraction cache of its own (the Debian packages are downloaded again), gives the
+    same bytes: ISO, raw disk image, kernel, initramfs, manifest and checksums."""
     other = REPO / "build" / "test-repro"
-    ansible_playbook(
+    shutil.rmtree(other, ignore_errors=True)
+    env = tool_env()
+    env["TZ"] = REPRO_TZ
+    run([
+        "sh", "-c", f'umask {REPRO_UMASK:04o} && exec "$0" "$@"', str(VENV_BIN / "ansible-playbook"),
         "build.yml", "-e", f"@{BUILD_VARS}",
         "-e", f"kubesolo_os_build_dir={other}", "-e", f"kubesolo_os_output_dir={other}/output",
-    )
-    iso_name = built_image.iso.name
-    assert sha256(other / "output" / iso_name) == sha256(built_image.iso)
-    assert sha256(other / "output" / "initramfs") == sha256(built_image.initramfs)
+        "-e", f"kubesolo_os_cache_dir={other}/cache",
+    ], timeout=2400, env=env)
+    assert (other / "cache" / "debs").is_dir() and any((other / "cache" / "debs").iterdir()), \
+        "the second build did not download into its own cache"
+    names = sorted(path.name for path in built_image.output.iterdir())
+    assert sorted(path.name for path in (other / "output").iterdir()) == names
+    assert {"vmlinuz", "initramfs", "manifest.json", "SHA256SUMS", built_image.iso.name} <= set(names)
+    differ = [name for name in names if sha256(other / "output" / name) != sha256(built_image.output / name)]
+    assert differ == [], f"differ between the two builds: {differ}"
 
 
 def test_missing_kubesolo_source_fails_naming_the_variable(built_image):

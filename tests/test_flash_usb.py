@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN, run, tool_env, vm_pool
+from conftest import VENV_BIN, run, stop_guests, tool_env, vm_pool
 from loopdev import MIB, LoopDevices, sh
 
 pytestmark = pytest.mark.slow
@@ -259,8 +259,7 @@ def boot_medium(request):
     """Factory booting a raw medium (usb_disk= or iso=) under a firmware; VMs stopped at the end."""
     start, guests = vm_pool(request)
     yield functools.partial(start, memory_mb=512)
-    for vm in guests:
-        vm.stop()
+    stop_guests(guests)
 
 
 def flashed_stick(image: Path, loops: LoopDevices, size_mib: int) -> Path:
@@ -301,7 +300,7 @@ def test_iso_boots_under_ovmf_as_a_cd(iso, boot_medium, tmp_path):
     vm = boot_medium("iso-uefi", iso=iso, firmware="uefi", disks=[data])
     seconds = vm.wait_booted(timeout=300)
     print(f"uefi CD (ISO): stage-90 marker after {seconds:.1f}s")
-    assert "KubeSolo OS" in vm.log  # GRUB's menu, mirrored on the serial port
+    assert re.search(r"GNU GRUB +version \d", vm.log)  # GRUB's menu header, mirrored on the serial port
     vm.wait_ssh(timeout=180)
     cmdline = vm.ssh("cat /proc/cmdline").stdout
     assert "kubesolo.data=LABEL=KSOLODATA" in cmdline and "console=ttyS0,115200n8" in cmdline

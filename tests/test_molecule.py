@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import ARTIFACTS, REPO, VENV_BIN, run, tool_env
+from vmctl import ERROR_MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +21,14 @@ def test_molecule_default_first_boot(built_image):
             f"--- serial log ({serial_log}) ---\n{tail}",
             pytrace=False,
         )
+    assert_no_error_lines(serial_log)
+
+
+def assert_no_error_lines(*logs) -> None:
+    """No [ERROR] line of the init in a whole serial log (every boot of that VM, reboots included)."""
+    for log in logs:
+        errors = [line for line in log.read_text(errors="replace").splitlines() if ERROR_MARKER in line]
+        assert errors == [], f"{log}: {errors}"
 
 
 def test_molecule_fleet(built_image):
@@ -36,3 +45,4 @@ def test_molecule_fleet(built_image):
             tails.append(f"--- serial log {log} ---\n{tail}")
         pytest.fail(f"molecule test -s fleet failed:\n{(result.stdout + result.stderr)[-6000:]}\n" + "\n".join(tails),
                     pytrace=False)
+    assert_no_error_lines(*(workdir / f"{node}.serial.log" for node in ("fleet-node-1", "fleet-node-2")))

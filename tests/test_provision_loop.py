@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -190,3 +191,37 @@ def test_grow_only_when_asked(loops, tmp_path):
     assert size * 512 > 550 * 1024 * 1024
     rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
     assert result["summary"]["status"] == "ok" and "growable_bytes" not in result["result"], out
+
+
+def test_fleet_play_goes_on_past_failed_nodes_then_fails_naming_them(loops, tmp_path):
+    """playbooks/provision-data.yml on three nodes: one provisions its loop device, one is refused (its
+    only disk is too small), one cannot be reached (SSH to a closed port on 127.0.0.1). The good node is
+    provisioned all the same; the summary lists every node and the run fails naming exactly the other two."""
+    import guest
+
+    good, small = loops.add(), loops.add(100)
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+             "ksolodata_min_size_gib": 0.25}
+    inventory = tmp_path / "fleet.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"kubesolo_nodes": {"hosts": {
+        "node-good": {**local, "ksolodata_candidates": [good], "ksolodata_hostname": "node-good"},
+        "node-small": {**local, "ksolodata_candidates": [small]},
+        "node-unreachable": {"ansible_host": "127.0.0.1", "ansible_port": guest.free_port(), "ansible_user": "root",
+                             "ansible_ssh_common_args": "-o BatchMode=yes -o StrictHostKeyChecking=no "
+                                                        "-o UserKnownHostsFile=/dev/null -o ConnectTimeout=5"},
+    }}}}}))
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), "playbooks/provision-data.yml"],
+                          cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=600, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    failed = re.search(r'"msg": "Not provisioned: (.*)"', out)
+    assert failed, out
+    assert sorted(failed.group(1).split(", ")) == ["node-small", "node-unreachable"], out
+    # One line per node in the summary; the good node went on and was provisioned.
+    summary = re.search(r"TASK \[Show the result of every node\].*?\n(.*?)\n\nTASK", out, re.S)
+    assert summary, out
+    assert re.search(r'"node-good: changed', summary.group(1)), summary.group(1)
+    assert re.search(r'"node-small: failed: .*smaller than the minimum size', summary.group(1)), summary.group(1)
+    assert re.search(r'"node-unreachable: unreachable: .*Connection refused', summary.group(1)), summary.group(1)
+    assert blkid(f"{good}p1")["LABEL"] == "KSOLODATA"
+    assert blkid(small) == {}, "the refused disk was written"

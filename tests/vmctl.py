@@ -206,6 +206,7 @@ def wait_for(
     fail_patterns: Sequence[str] = (ERROR_MARKER,),
     offset: int = 0,
     pidfile: Path | None = None,
+    poll: float = 0.25,
 ) -> tuple[str, float]:
     """Wait until every regex in patterns has appeared in the serial log (after offset).
 
@@ -218,21 +219,22 @@ def wait_for(
     text = ""
     while True:
         text = read_log(log, offset)
-        if all(p.search(text) for p in compiled):
-            return text, time.monotonic() - started
+        # Failures first: an error printed in the same poll as the last awaited pattern still fails.
         for pattern in failing:
             match = pattern.search(text)
             if match:
                 line_end = text.find("\n", match.start())
                 line = text[match.start(): line_end if line_end != -1 else None]
                 raise VMError(f"guest reported a failure: {line.strip()!r} (log: {log})")
+        if all(p.search(text) for p in compiled):
+            return text, time.monotonic() - started
         if pidfile is not None and pidfile.exists():
             pid = int(pidfile.read_text().strip() or 0)
             if pid and not _pid_alive(pid):
                 raise VMError(f"QEMU exited before {missing(compiled, text)} appeared (log: {log})")
         if time.monotonic() - started > timeout:
             raise VMError(f"timed out after {timeout:.0f}s waiting for {missing(compiled, text)} (log: {log})")
-        time.sleep(0.25)
+        time.sleep(poll)
 
 
 def missing(patterns: Sequence[re.Pattern[str]], text: str) -> str:

@@ -25,6 +25,7 @@ description:
   - Non-ELF files (scripts, configuration, data) are copied as plain files. ELF files that are loaded
     with C(dlopen()) (plugins such as C(xtables/*.so)) must be listed in O(files); their closure is
     then resolved too.
+  - Directories it creates in the image tree are C(0755) whatever the umask of the build host.
   - Remembers what it installed in O(state_file); paths installed by an earlier run that are no longer
     needed are removed. Paths it never installed are never removed.
 author:
@@ -540,9 +541,21 @@ def entry_is_current(path: str, entry: Entry) -> bool:
     return filecmp.cmp(path, entry.source, shallow=False)
 
 
+def makedirs(path: str) -> None:
+    """Create path and its missing parents 0755 whatever the umask (the image's modes must not depend on the
+    build host's umask: reproducible builds)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory)
+        os.chmod(directory, 0o755)
+
+
 def install(path: str, entry: Entry) -> None:
     parent = os.path.dirname(path)
-    os.makedirs(parent, mode=0o755, exist_ok=True)
+    makedirs(parent)
     if os.path.isdir(path) and not os.path.islink(path):
         raise ClosureError(f"{path} is a directory in the image; cannot replace it with a {entry.kind}")
     fd, tmp = tempfile.mkstemp(prefix=".elf_closure.", dir=parent)

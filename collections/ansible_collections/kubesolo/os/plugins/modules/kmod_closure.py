@@ -27,8 +27,8 @@ description:
     built-in modules. Then C(depmod -b dest <release>) regenerates the index when anything changed.
   - Debian kernel packages do not ship C(modules.dep) (their postinst generates it). When the source has no
     C(modules.dep), the module generates the index in a scratch directory (the source is not modified).
-  - C(depmod) always runs with an empty configuration directory, so the build host's C(/etc/depmod.d)
-    cannot change the result.
+  - C(depmod) always runs with an empty configuration directory and under umask C(022), so neither the build host's
+    C(/etc/depmod.d) nor its umask can change the result (the index files are C(0644)).
   - With O(compression=xz) or O(compression=zstd) the module files are stored compressed (C(.ko.xz), C(.ko.zst)) and
     C(depmod) indexes them under those names. C(modprobe) of kmod built with that compression decompresses them in
     userspace, so the kernel needs no C(CONFIG_MODULE_DECOMPRESS); busybox's C(modprobe) cannot load them.
@@ -390,7 +390,13 @@ def run_depmod(module: AnsibleModule, base: str, release: str) -> None:
     emptycfg = tempfile.mkdtemp(prefix="depmod.d-", dir=module.tmpdir)
     try:
         cmd = [depmod_path(module), "-b", base, "-C", emptycfg, release]
-        rc, out, err = module.run_command(cmd)
+        # depmod creates its index files 0666 & ~umask: under umask 022 whatever the build host's umask, so
+        # the image does not depend on it (reproducible builds).
+        old_umask = os.umask(0o022)
+        try:
+            rc, out, err = module.run_command(cmd)
+        finally:
+            os.umask(old_umask)
         if rc != 0:
             module.fail_json(msg=f"depmod failed (rc={rc}): {err.strip() or out.strip()}", cmd=cmd)
     finally:

@@ -275,3 +275,19 @@ def test_default_state_file_lives_in_dest(
     result = run_module(args, capsys)
     assert result["state_file"] == str(tmp_path / "image/.elf_closure.json")
     assert (tmp_path / "image/.elf_closure.json").is_file()
+
+
+def test_directories_are_0755_whatever_the_umask(
+    roots: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The image's modes must not depend on the build host's umask (reproducible builds)."""
+    old = os.umask(0o077)
+    try:
+        run_module(base_args(roots, tmp_path), capsys)
+    finally:
+        os.umask(old)
+    image = tmp_path / "image"
+    directories = [path for path in image.rglob("*") if path.is_dir() and not path.is_symlink()]
+    assert directories
+    assert {path.relative_to(image).as_posix(): oct(path.stat().st_mode & 0o7777) for path in directories} == {
+        path.relative_to(image).as_posix(): "0o755" for path in directories}

@@ -316,6 +316,20 @@ def test_real_debian_kernel_nf_conntrack_pulls_crc32c(tmp_path: Path, real_kerne
         assert crc < lib
 
 
+def test_real_depmod_index_is_0644_whatever_the_umask(tmp_path: Path, real_kernel_root: Path) -> None:
+    """depmod's index files do not take the build host's umask (reproducible builds)."""
+    old = os.umask(0o077)
+    try:
+        res = run(root=str(real_kernel_root), modules=["overlay"], dest=str(tmp_path / "img"))
+    finally:
+        os.umask(old)
+    destdir = tmp_path / "img" / "lib" / "modules" / res["release"]
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in destdir.glob("modules.*")}
+    assert "modules.dep" in modes and "modules.alias.bin" in modes
+    assert modes == dict.fromkeys(modes, "0o644")
+    assert oct(destdir.stat().st_mode & 0o777) == "0o755"
+
+
 def test_index_file_missing_from_source_is_removed(tmp_path: Path, depmod_calls: list[str]) -> None:
     moddir = make_kernel(tmp_path / "src")
     args = {"root": str(tmp_path / "src"), "modules": ["beta"], "dest": str(tmp_path / "img")}
