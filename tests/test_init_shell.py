@@ -48,6 +48,9 @@ def _run_role(workdir: Path, layers: Path, extra_vars: dict | None = None) -> st
                 "kubesolo_os_layers_dir": str(layers),
                 "kubesolo_os_output_dir": str(workdir / "output"),
                 "kubesolo_os_epoch": EPOCH,
+                # What the kubesolo role records about the system image (stage 20 verifies it).
+                "kubesolo_binary_path": "/" + LIBDIR + "/bin/kubesolo",
+                "kubesolo_sysimage": {"sha256": "0" * 64, "size": 4096, "image_path": "/" + LIBDIR + "/kubesolo.sqfs"},
                 **(extra_vars or {}),
             },
             "roles": ["init"],
