@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 MENU = role_defaults("iso")["iso_boot_entries"]
 BOOT_MODULES = role_defaults("kubesolo_os")["kubesolo_os_boot_modules"]
 MODULE_SUFFIX = {"zstd": ".ko.zst", "xz": ".ko.xz", "none": ".ko"}[role_defaults("kernel")["kernel_module_compression"]]
-SYSCTLS = role_defaults("init")["init_sysctls"]
+INIT = role_defaults("init")
+SYSCTLS = INIT["init_sysctls"]
 OK90 = re.escape(vmctl.SUCCESS_MARKER)
 DOUBLE_RUNNING = re.escape("[kubesolo-test-double] running")
 IMAGE_BINARY = "/usr/lib/kubesolo-os/bin/kubesolo"
@@ -48,6 +49,27 @@ def data_disk(tmp_path: Path, name: str, content: dict[str, str] | None = None, 
             if rel.startswith("usr-local/bin/"):
                 target.chmod(0o755)
     return vmctl.make_data_disk(tmp_path / f"{name}.img", content=tree, **kwargs)
+
+
+def assert_left_rootfs(host) -> str:
+    """/ of PID 1 is no longer the initramfs rootfs (the first mount of the namespace, whose parent is
+    itself, where pivot_root fails): it is the bind mount ksi_leave_rootfs made. Returns its line."""
+    root_line = next(line for line in host.file("/proc/1/mountinfo").content_string.splitlines()
+                     if line.split()[4] == "/")
+    mount_id, parent_id = root_line.split()[:2]
+    assert mount_id != parent_id, f"/ is still the initramfs rootfs: {root_line}"
+    return root_line
+
+
+def assert_kubesolo_nofile(host, pid: str) -> None:
+    limits = host.run(f"cat /proc/{pid}/limits").stdout
+    nofile = str(INIT["init_kubesolo_nofile"])
+    assert re.search(rf"^Max open files\s+{nofile}\s+{nofile}\s+files", limits, re.M), limits
+
+
+# Typed into a console shell: prints root-parent-41 once / has a parent mount (left the rootfs),
+# root-parent-40 on the rootfs; the typed command itself never shows either string.
+ROOT_PARENT_CMD = "awk '$5==\"/\"{print \"root-parent-\" ($1!=$2)+40}' /proc/self/mountinfo\r"
 
 
 def fs_uuid(image: Path) -> str:
@@ -139,17 +161,22 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
     assert host.file("/etc/hostname").content_string.strip() == "kubesolo-abcdef"
     assert re.search(r"^127\.0\.1\.1\s+kubesolo-abcdef", host.file("/etc/hosts").content_string, re.M)
     assert host.file("/mnt/data/etc-kubesolo/hostname").content_string.strip() == "kubesolo-abcdef"
-    # Stage 80: CNI and containerd directories, / rshared, cgroup controllers for children.
-    for directory in ("/run/containerd", "/var/lib/containerd", "/etc/cni/net.d", "/opt/cni/bin"):
+    # Stage 80: CNI and containerd directories, but no /opt/cni/bin (KubeSolo links it), the custom
+    # containerd config as a drop-in KubeSolo's containerd imports, / rshared, cgroup controllers.
+    for directory in ("/run/containerd", "/var/lib/containerd", "/etc/cni/net.d"):
         assert host.file(directory).is_directory, directory
-    assert "# custom-containerd-config" in host.file("/etc/containerd/config.toml").content_string
-    root_line = next(line for line in host.file("/proc/1/mountinfo").content_string.splitlines()
-                     if line.split()[4] == "/")
+    assert not host.file("/opt/cni/bin").exists
+    dropin = host.file(INIT["init_containerd_dropin"])
+    assert "# custom-containerd-config" in dropin.content_string
+    assert dropin.mode == 0o600
+    assert not host.file("/etc/containerd/config.toml").exists
+    root_line = assert_left_rootfs(host)
     assert "shared:" in root_line
     controllers = host.file("/sys/fs/cgroup/cgroup.subtree_control").content_string.split()
     assert {"cpuset", "cpu", "io", "memory", "pids"} <= set(controllers)
-    # Handover: busybox init is PID 1 and supervises KubeSolo.
+    # Handover: busybox init is PID 1 and supervises KubeSolo, with upstream's open-files limit.
     assert host.run("readlink /proc/1/exe").stdout.strip() == "/bin/busybox"
+    assert_kubesolo_nofile(host, "$(cat /run/kubesolo-os/kubesolo.pid)")
     assert "[kubesolo-test-double] pid=1\n" not in text
 
     # Supervision: a KubeSolo that dies is started again.
@@ -235,6 +262,7 @@ def test_iso_entry_nopersist_keeps_the_data_partition_unmounted(boot, tmp_path):
     assert re.search(r"^tmpfs /mnt/data tmpfs ", mounts, re.M)
     assert host.mount_point("/var/lib/kubesolo").exists
     assert "kubesolo.nopersist" in host.file("/proc/cmdline").content_string
+    assert_left_rootfs(host)
 
 
 def test_iso_entry_debug_traces_the_stages(boot):
@@ -247,6 +275,11 @@ def test_iso_entry_debug_traces_the_stages(boot):
     assert "debug=1" in log
     # The kernel's own log is verbose too (loglevel=7).
     assert re.search(r"^\[\s*\d+\.\d+\] ", log, re.M)
+    # The rootfs was left once, before stage 00.
+    assert log.count("Leaving the initramfs rootfs") == 1
+    assert log.index("Leaving the initramfs rootfs") < log.index("Stage 00-early-mount.sh starting")
+    vm.wait_ssh()
+    assert_left_rootfs(vm.testinfra())
 
 
 def test_iso_entry_shell_opens_a_protected_shell_after_stage_10(boot):
@@ -260,6 +293,9 @@ def test_iso_entry_shell_opens_a_protected_shell_after_stage_10(boot):
     vm.wait_shell_prompt()
     vm.type("echo shell-$((6*7))\r")
     vm.wait(r"shell-42", timeout=30)
+    # The emergency shell already runs on the bind mount, not on the rootfs.
+    vm.type(ROOT_PARENT_CMD)
+    vm.wait(r"root-parent-41", timeout=30)
     vm.type("exit\r")
     vm.wait(r"Stage 20-persistent-mount\.sh starting", OK90, timeout=180)
 
@@ -276,6 +312,8 @@ def test_named_data_device_that_never_appears_stops_the_boot_and_exit_retries(bo
     vm.type(ROOT_PASSWORD + "\r")
     vm.wait_shell_prompt()
     # From the shell: run from RAM this time, then exit to retry from the failed stage.
+    vm.type(ROOT_PARENT_CMD)
+    vm.wait(r"root-parent-41", timeout=30)
     vm.type("echo KUBESOLO_NOPERSIST=1 > /run/kubesolo-os/emergency.env; exit\r")
     vm.wait(r"Retrying the boot from stage 20-persistent-mount\.sh", OK90, timeout=180, errors_fail=False)
 
@@ -337,8 +375,13 @@ def exec_image(built_image):
 
 
 def test_exec_handover_makes_kubesolo_pid_1(boot, exec_image):
-    vm = boot("exec", image=exec_image, ssh=False, append="kubesolo.data=LABEL=KSOLODATA kubesolo.datawait=1")
+    vm = boot("exec", image=exec_image, append="kubesolo.data=LABEL=KSOLODATA kubesolo.datawait=1")
     vm.wait_booted()
     text = vm.wait(DOUBLE_RUNNING, timeout=60)
     assert "[kubesolo-test-double] pid=1" in text
     assert "Executing /usr/local/bin/kubesolo as PID 1" in text
+    # KubeSolo as PID 1 runs on the bind mount (pivot_root works) with upstream's open-files limit.
+    vm.wait_ssh()
+    host = vm.testinfra()
+    assert_left_rootfs(host)
+    assert_kubesolo_nofile(host, "1")

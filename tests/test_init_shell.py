@@ -633,9 +633,52 @@ def test_sysctl_conf(layer: Path) -> None:
         "net.bridge.bridge-nf-call-iptables": "1",
         "net.ipv4.ip_forward": "1",
         "fs.inotify.max_user_watches": "524288",
+        "fs.inotify.max_user_instances": "8192",
         "net.netfilter.nf_conntrack_max": "131072",
         "vm.swappiness": "0",
     }
+
+
+ROOTFS_MOUNTINFO = "1 1 0:2 / / rw - rootfs rootfs rw,size=180404k,nr_inodes=45101\n" \
+    "15 1 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw,mode=755\n"
+LEFT_MOUNTINFO = "30 1 0:2 / / rw shared:1 - rootfs rootfs rw,size=180404k,nr_inodes=45101\n" \
+    "31 30 0:22 / /proc rw,nosuid,nodev,noexec - proc proc rw\n"
+HOST_MOUNTINFO = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n" \
+    "23 22 0:21 / /proc rw - proc proc rw\n"
+
+
+@pytest.mark.parametrize(("mountinfo", "is_rootfs"), [
+    (ROOTFS_MOUNTINFO, True),  # the initramfs as the kernel leaves it: / is the namespace's first mount
+    (LEFT_MOUNTINFO, False),  # after ksi_leave_rootfs: the same rootfs, but a bind mount with a parent
+    (HOST_MOUNTINFO, False),  # a disk-based root
+    ("", False),
+])
+def test_root_is_rootfs(functions: Path, tmp_path: Path, mountinfo: str, is_rootfs: bool) -> None:
+    """ksi_root_is_rootfs applies the kernel's pivot_root test: / is a mount without a parent."""
+    path = tmp_path / "mountinfo"
+    path.write_text(mountinfo)
+    result = bb(functions, 'ksi_root_is_rootfs "$1"', str(path))
+    assert (result.returncode == 0) is is_rootfs, result.stderr
+    assert bb(functions, 'ksi_root_is_rootfs "$1"', str(tmp_path / "missing")).returncode == 1
+
+
+def test_leave_rootfs_runs_first_in_init_as_pid_1_only(layer: Path) -> None:
+    """/sbin/init leaves the rootfs right after sourcing functions.sh, before any stage, only as PID 1."""
+    init = (layer / "sbin/init").read_text()
+    call = init.index('    ksi_leave_rootfs "$@" || true\n')
+    assert init.rindex('if [ "$$" = 1 ]; then\n', 0, call) > init.index('. "$KSI_INIT_LIBDIR/functions.sh"')
+    assert call < init.index("for ksi_stage in $KSI_STAGES")
+    assert "no_pivot_root" not in init.lower() and "nopivot" not in init.lower()
+
+
+def test_kubesolo_open_files_limit_in_both_handovers(layer: Path) -> None:
+    defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
+    limit = f"ulimit -n {defaults['init_kubesolo_nofile']} "
+    assert defaults["init_kubesolo_nofile"] == 65535  # upstream unit's LimitNOFILE
+    run = (layer / LIBDIR / "kubesolo-run").read_text()
+    assert limit in run and run.index(limit) < run.index('exec "$KSI_KUBESOLO_BINARY"')
+    init = (layer / "sbin/init").read_text()
+    assert limit in init and init.index(limit) < init.index('exec "$KSI_KUBESOLO_BINARY" "$@"')
 
 
 def test_build_epoch_rendered(functions: Path) -> None:
