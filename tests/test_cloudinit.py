@@ -25,7 +25,8 @@ EXAMPLES = REPO / "files" / "cloud-init" / "examples"
 SCHEMA_FILE = REPO / "files" / "cloud-init-schema.yml"
 LIBDIR = "usr/lib/kubesolo-os"
 BUSYBOX = shutil.which("busybox")
-SCHEMA = cloudinit.load_schema(yaml.safe_load(SCHEMA_FILE.read_text()))
+FLAGS_FILE = REPO / "files" / "kubesolo-flags.yml"
+SCHEMA = cloudinit.load_schema(yaml.safe_load(SCHEMA_FILE.read_text()), yaml.safe_load(FLAGS_FILE.read_text()))
 
 VALID = sorted((FIXTURES / "valid").glob("*.yaml"))
 INVALID = sorted((FIXTURES / "invalid").glob("*.yaml"))
@@ -113,6 +114,48 @@ def test_schema_table_rendered_from_the_schema(ci_layer: Path):
     assert dirs == SCHEMA["persistent_dirs"]
 
 
+@needs_busybox
+def test_unknown_flag_is_refused_naming_the_known_flags(ci_layer: Path, tmp_path: Path):
+    """Both validators name an unknown KubeSolo flag and list the flags KubeSolo has (from the one table)."""
+    table = yaml.safe_load(FLAGS_FILE.read_text())["kubesolo_flags"]
+    known = ", ".join(f"--{f['name']}" for f in table if f["boot"])
+    assert known.startswith("--path, --apiserver-extra-sans, --node-ip") and "--version" not in known
+    expected = f"D\tERROR\t4\tkubesolo.flags[1]\tunknown KubeSolo flag --from-config-file; known flags: {known}"
+    path = FIXTURES / "invalid" / "flag-unknown.yaml"
+    assert expected in python_flat(path)
+    assert expected in awk_flat(ci_layer, path)
+    result = bb(ci_layer, tmp_path, f'ksi_ci_check "{path}" "$KSI_CI_FLAT" node.yaml')
+    assert (f"[kubesolo-init] [ERROR] cloud-init node.yaml line 4: kubesolo.flags[1]: unknown KubeSolo flag "
+            f"--from-config-file; known flags: {known}") in result.stderr
+
+
+def test_flag_rules_messages():
+    """What the validator says for each way a flag item breaks KubeSolo's contract (never the value)."""
+    flags = SCHEMA["kubesolo_flags"]
+    cases = {
+        "--debug": "", "--debug=TRUE": "", "--no-debug": "", "--node-ip=10.0.0.1": "", "--node-ip=": "",
+        "--startup-timeout=-1": "",
+        "debug": "not a KubeSolo flag (--name or --name=value)",
+        "--Debug": "not a KubeSolo flag (--name or --name=value)",
+        "--debug=maybe": "--debug is a boolean: write --debug, --no-debug or --debug=true|false",
+        "--no-debug=false": "--no-debug takes no value",
+        "--portainer-edge-key": "--portainer-edge-key needs a value: write --portainer-edge-key=VALUE",
+        "--startup-timeout=1e3": "--startup-timeout needs a whole number",
+        "--version": "--version makes KubeSolo print and exit: not allowed at boot",
+        "--no-path": "unknown KubeSolo flag --no-path; known flags: " + flags["known"],
+    }
+    assert {value: cloudinit.check_flag(value, flags) for value in cases} == cases
+
+
+def test_schema_table_has_the_flag_table(ci_layer: Path):
+    table = yaml.safe_load(FLAGS_FILE.read_text())
+    rows = [line.split("\t") for line in (ci_layer / LIBDIR / "cloud-init.schema").read_text().splitlines()]
+    assert [r[1:] for r in rows if r[0] == "F"] == [[f["name"], f["type"], str(int(f["boot"]))]
+                                                     for f in table["kubesolo_flags"]]
+    assert [r[1] for r in rows if r[0] == "BT"] == table["bool_true"]
+    assert [r[1] for r in rows if r[0] == "BF"] == table["bool_false"]
+
+
 def test_schema_is_documented():
     doc = (REPO / "docs" / "cloud-init.md").read_text()
     for key in SCHEMA["keys"]:
@@ -162,7 +205,7 @@ ksi_ci_flags
     assert (tmp_path / "config").read_text() == "# KubeSolo configuration\nlocal-storage: true\ndebug: false\n"
     assert (tmp_path / "hello").read_text() == '#!/bin/sh\necho "hello: world"'
     lines = result.stdout.splitlines()
-    assert lines[:3] == ["10.0.2.3", "10.0.2.4", "2"]
+    assert lines[:3] == ["10.0.2.3", "10.0.2.4", "2"]  # full.yaml's flags, as the file gives them:
     assert lines[3] == (".example.com,192.168.0.0/16,10.42.0.0/16,10.43.0.0/16,.svc,.cluster.local,localhost,"
                         "127.0.0.1,10.0.2.15")
     assert lines[4:] == ["--debug", "--node-ip=10.0.2.15"]
@@ -292,7 +335,7 @@ write_files:
 kubesolo:
   config: |
     local-storage: true
-  flags: [--ci-flag=yes]
+  flags: [--debug=true, --startup-timeout=900, --local-storage=false]
   portainer_edge_id: edge-id-secret-1
   portainer_edge_key: edge-key-secret-2
 """
@@ -324,7 +367,10 @@ kubesolo:
     assert ca.splitlines()[1] in vm.ssh("cat /etc/ssl/certs/ca-certificates.crt").stdout
     assert vm.ssh("cat /etc/kubesolo/hello.txt").stdout == "hello from cloud-init"
     assert vm.ssh("stat -c %a /etc/kubesolo/hello.txt /etc/kubesolo/config.yaml").stdout.split() == ["640", "600"]
-    assert "--ci-flag=yes" in text
+    # Cloud-init's flags, booleans translated as KubeSolo's kingpin needs them, replacing the built-in one.
+    from test_boot import double_args
+    assert double_args(text) == ["--path=/var/lib/kubesolo", "--no-local-storage", "--apiserver-extra-sans=ci-node-01",
+                                 "--debug", "--startup-timeout=900"]
     environ = vm.ssh("tr '\\0' '\\n' </proc/$(cat /run/kubesolo-os/kubesolo.pid)/environ").stdout.splitlines()
     assert "HTTP_PROXY=http://10.0.2.2:3128" in environ and "https_proxy=http://10.0.2.2:3128" in environ
     no_proxy = next(e for e in environ if e.startswith("NO_PROXY=")).split("=", 1)[1].split(",")
