@@ -198,8 +198,13 @@ def test_damaged_system_image_stops_the_boot_with_an_error(built_image, medium, 
                     r"this initramfs expects")
     vm = medium(damage, usb_disk=stick)
     vm.wait(expected, timeout=300, errors_fail=False)
-    vm.wait(r"\[ERROR\] Stage 20-persistent-mount\.sh failed", r"Emergency shell", timeout=60, errors_fail=False)
+    # A missing file stops stage 20 at once; a corrupted one is found when its SHA256 (computed in the background
+    # since stage 20) is compared in stage 90, before KubeSolo's arguments are even written.
+    stage = "20-persistent-mount" if damage == "missing" else "90-kubesolo"
+    vm.wait(rf"\[ERROR\] Stage {stage}\.sh failed", r"Emergency shell", timeout=120, errors_fail=False)
     log = vm.log
     assert vmctl.SUCCESS_MARKER not in log
-    assert "Stage 30-kernel-modules.sh starting" not in log
     assert "[kubesolo-test-double]" not in log and "Starting KubeSolo" not in log
+    assert "KubeSolo arguments:" not in log and "mounted read-only on /usr/lib/kubesolo-os/bin" not in log
+    if damage == "missing":
+        assert "Stage 30-kernel-modules.sh starting" not in log
