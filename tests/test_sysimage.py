@@ -208,3 +208,87 @@ def test_damaged_system_image_stops_the_boot_with_an_error(built_image, medium, 
     assert "KubeSolo arguments:" not in log and "mounted read-only on /usr/lib/kubesolo-os/bin" not in log
     if damage == "missing":
         assert "Stage 30-kernel-modules.sh starting" not in log
+
+
+# --------------------------------------------------------------------------------------------
+# system-image.sh itself, under the host's busybox sh (a real squashfs, mounted through a loop device)
+# --------------------------------------------------------------------------------------------
+
+SYSIMAGE_SCRIPT = r'''
+. "$LIBDIR/functions.sh"
+. "$LIBDIR/system-image.sh"
+KSI_RUNDIR=$T/run
+KSI_SYSIMAGE_INITRAMFS=$T/kubesolo.sqfs
+KSI_SYSIMAGE_MOUNT=$T/bin
+KSI_SYSIMAGE_BINARY=$T/bin/kubesolo
+KSI_SYSIMAGE_SIZE=$SIZE
+KSI_SYSIMAGE_SHA256=$SHA
+KSI_SYSIMAGE_WAIT=1
+KUBESOLO_SYSIMAGE=$SPEC
+ksi_sysimage_start || { echo "start failed"; return 0 2>/dev/null || exit 0; }
+ksi_sysimage_finish && echo "finished" || echo "finish failed"
+'''
+
+
+@pytest.fixture
+def sysimage_shell(built_image, tmp_path):
+    """Runs stage 20's start and stage 90's finish of the rendered system-image.sh on a real squashfs."""
+    busybox = shutil.which("busybox")
+    if busybox is None or subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0":
+        pytest.skip("needs busybox and root (loop mount)")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "kubesolo").write_text("#!/bin/sh\necho stand-in\n")
+    (tree / "kubesolo").chmod(0o755)
+    image = tmp_path / "kubesolo.sqfs"
+    subprocess.run(["mksquashfs", str(tree), str(image), "-quiet", "-no-progress", "-all-root"], check=True,
+                   timeout=60, capture_output=True)
+    libdir = REPO / "build" / "test" / "layers" / "init" / "usr" / "lib" / "kubesolo-os"
+    mounted = tmp_path / "bin"
+
+    def run(spec: str = "", *, size: int | None = None, digest: str | None = None) -> str:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KSI_LOG_CONSOLES": "", "LIBDIR": str(libdir),
+               "T": str(tmp_path), "SPEC": spec, "SIZE": str(image.stat().st_size if size is None else size),
+               "SHA": sha256(image) if digest is None else digest}
+        result = subprocess.run([busybox, "sh", "-c", SYSIMAGE_SCRIPT], env=env, capture_output=True, text=True,
+                                timeout=60, check=False)
+        return result.stdout + result.stderr
+
+    yield run, image, mounted
+    subprocess.run(["umount", str(mounted)], capture_output=True, check=False)
+
+
+def test_sysimage_shell_verifies_then_mounts_read_only(sysimage_shell):
+    run, image, mounted = sysimage_shell
+    out = run()
+    assert "finished" in out and "[ERROR]" not in out, out
+    assert f"[OK] KubeSolo system image {image} verified" in out
+    assert (mounted / "kubesolo").read_text() == "#!/bin/sh\necho stand-in\n"
+    assert re.search(rf"^\S+ {re.escape(str(mounted))} squashfs ro[,\s]", Path("/proc/mounts").read_text(), re.M)
+    # A retry (after the emergency shell) finds it mounted and succeeds.
+    assert "finished" in run()
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("size", r"\[ERROR\] KubeSolo system image \S+ is (\d+) bytes, this initramfs expects (\d+): the medium"),
+    ("digest", r"\[ERROR\] KubeSolo system image \S+ is corrupted or changed: SHA256 [0-9a-f]{64}, "
+               r"this initramfs expects f{64}"),
+    ("spec", r"\[ERROR\] kubesolo\.sysimage=nonsense is not DEV:/PATH"),
+    ("medium", r"\[ERROR\] Boot medium LABEL=NO-SUCH-MEDIUM \(holding the KubeSolo system image /boot/x\.sqfs\) "
+               r"did not appear within 1s"),
+])
+def test_sysimage_shell_refuses_what_is_not_the_builds_image(sysimage_shell, case, expected):
+    run, image, mounted = sysimage_shell
+    size = image.stat().st_size
+    out = {
+        "size": lambda: run(size=size - 1),
+        "digest": lambda: run(digest="f" * 64),
+        "spec": lambda: run("nonsense"),
+        "medium": lambda: run("LABEL=NO-SUCH-MEDIUM:/boot/x.sqfs"),
+    }[case]()
+    match = re.search(expected, out)
+    assert match, out
+    if case == "size":
+        assert int(match.group(2)) == int(match.group(1)) - 1 == size - 1
+    assert "finished" not in out
+    assert not (mounted / "kubesolo").exists()
