@@ -173,7 +173,7 @@ class Guest:
 # One check for every boot test and the molecule scenarios (issue 18): KubeSolo (the test double)
 # started once, is still that same process after the supervisor's longest back-off, was never
 # restarted, and nothing in the log says it exited. Run as a command for molecule:
-#   tests/guest.py kubesolo-alive --log SERIAL.LOG --pidfile QEMU.PID [--handover exec]
+#   python3 tests/guest.py kubesolo-alive --log SERIAL.LOG --pidfile QEMU.PID [--handover exec]
 #                                 [--ssh-port PORT --ssh-key KEY] [--window SECONDS]
 
 BOOT_START = "[kubesolo-init] KubeSolo OS init starting"

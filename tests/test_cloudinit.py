@@ -381,6 +381,9 @@ kubesolo:
     # The image's own key still works too.
     vm.ssh_key = SSH_KEY
     vm.ssh("true")
+    # KubeSolo (the double) took these arguments and is still its first process.
+    from guest import assert_kubesolo_alive
+    assert_kubesolo_alive(vm)
 
 
 @pytest.mark.slow
@@ -402,3 +405,6 @@ def test_boot_rejects_invalid_cloud_init(boot, tmp_path: Path):
     addrs = vm.ssh("ip -4 -o addr show dev eth0").stdout
     assert "10.0.2.15/24" in addrs and "10.0.2.200" not in addrs
     assert vm.ssh("hostname").stdout.strip() == "kubesolo-abcd01"
+    # A rejected file leaves KubeSolo running with the image's own arguments.
+    from guest import assert_kubesolo_alive
+    assert_kubesolo_alive(vm)
