@@ -162,6 +162,13 @@ def test_schema_is_documented():
         assert f"`{key}`" in doc, key
 
 
+def test_kubesolo_flags_are_documented():
+    """roles/init/README.md lists every flag of the one table, with its type and environment twin."""
+    doc = (REPO / "roles" / "init" / "README.md").read_text()
+    for flag in yaml.safe_load(FLAGS_FILE.read_text())["kubesolo_flags"]:
+        assert re.search(rf"^\| `--{flag['name']}` \| {flag['type']} \| `{flag['env']}` \|", doc, re.M), flag["name"]
+
+
 def test_python_data_view():
     data = cloudinit.check((FIXTURES / "valid" / "full.yaml").read_text(), SCHEMA).data()
     assert data["network"]["interfaces"][0]["addresses"] == ["10.0.2.15/24", "10.0.2.200/24"]
