@@ -154,8 +154,8 @@ def test_cmdline_all_parameters(functions: Path) -> None:
 
 
 def test_cmdline_quoted_flags_keep_inner_quotes_and_spaces(functions: Path) -> None:
-    values, _ = parse(functions, "quiet kubesolo.flags=\"--startup-timeout=1 --node-ip='x  y'\" kubesolo.data=/dev/vdb1 ro")
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--startup-timeout=1 --node-ip='x  y'"
+    values, _ = parse(functions, "quiet kubesolo.flags=\"--debug --node-ip='x  y'\" kubesolo.data=/dev/vdb1 ro")
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--debug --node-ip='x  y'"
     assert values["KUBESOLO_DATA_DEV"] == "/dev/vdb1"
 
 
