@@ -173,10 +173,10 @@ class Guest:
 # One check for every boot test and the molecule scenarios (issue 18): KubeSolo (the test double)
 # started once, is still that same process after the supervisor's longest back-off, was never
 # restarted, and nothing in the log says it exited. Run as a command for molecule:
-#   tests/guest.py kubesolo-alive --log SERIAL.LOG --pidfile QEMU.PID [--handover exec]
+#   python3 tests/guest.py kubesolo-alive --log SERIAL.LOG --pidfile QEMU.PID [--handover exec]
 #                                 [--ssh-port PORT --ssh-key KEY] [--window SECONDS]
 
-BOOT_START = "[kubesolo-init] KubeSolo OS init starting"
+BOOT_START = "KubeSolo OS init starting (stages:"
 DOUBLE_RUNNING = "[kubesolo-test-double] running"
 KUBESOLO_STARTED = {"supervise": "Starting KubeSolo (", "exec": "as PID 1"}
 NOT_ALIVE = ("KubeSolo exited", "[kubesolo-test-double] refused", "[kubesolo-test-double] stopping", "Kernel panic")
@@ -198,19 +198,13 @@ def restart_max_delay() -> int:
 def _last_boot_offset(log: Path) -> int:
     """Byte offset of the last boot's first init line in the serial log (a reboot appends to it)."""
     data = log.read_bytes() if log.exists() else b""
-    start = data.rfind(BOOT_START.encode())
-    if start < 0:
-        return 0
-    # The init line of the re-executed init (it leaves rootfs) is the same boot: go to the first of a pair.
-    earlier = data.rfind(BOOT_START.encode(), 0, start)
-    if earlier >= 0 and b"Linux version" not in data[earlier:start] and b"Stage 00" not in data[earlier:start]:
-        start = earlier
-    return start
+    # The init prints it once per boot (after it has left the initramfs rootfs and re-executed itself).
+    return max(0, data.rfind(BOOT_START.encode()))
 
 
 def check_kubesolo_alive(log: Path, pidfile: Path | None = None, *, handover: str = "supervise",
                          ssh: Callable[[str], str] | None = None, window: float | None = None,
-                         timeout: float = 180) -> dict[str, float | int]:
+                         timeout: float = 180, settle: float = 1.0) -> dict[str, float | int]:
     """Wait for the test double's "running" line of the last boot, then until the supervisor's longest
     back-off (window, default restart_max_delay()) has passed since KubeSolo started, and check:
     exactly one start (one pid= line, one running line) and none of NOT_ALIVE in the log; in exec mode its
@@ -235,8 +229,8 @@ def check_kubesolo_alive(log: Path, pidfile: Path | None = None, *, handover: st
         if stamp:
             uptime = float(ssh("cut -d' ' -f1 /proc/uptime").split()[0])
             remaining = window - (uptime - float(stamp.group(1)))
-    # The back-off's end, plus a second for a respawned supervisor to log its line.
-    time.sleep(max(0.0, remaining) + 1)
+    # The back-off's end, plus settle seconds for a respawned supervisor to log its line.
+    time.sleep(max(0.0, remaining) + settle)
     text = vmctl.read_log(log, offset)
     for marker in NOT_ALIVE:
         assert marker not in text, f"{marker!r} in the serial log of {log}: KubeSolo did not stay up"

@@ -162,6 +162,13 @@ def test_schema_is_documented():
         assert f"`{key}`" in doc, key
 
 
+def test_kubesolo_flags_are_documented():
+    """roles/init/README.md lists every flag of the one table, with its type and environment twin."""
+    doc = (REPO / "roles" / "init" / "README.md").read_text()
+    for flag in yaml.safe_load(FLAGS_FILE.read_text())["kubesolo_flags"]:
+        assert re.search(rf"^\| `--{flag['name']}` \| {flag['type']} \| `{flag['env']}` \|", doc, re.M), flag["name"]
+
+
 def test_python_data_view():
     data = cloudinit.check((FIXTURES / "valid" / "full.yaml").read_text(), SCHEMA).data()
     assert data["network"]["interfaces"][0]["addresses"] == ["10.0.2.15/24", "10.0.2.200/24"]
@@ -381,6 +388,9 @@ kubesolo:
     # The image's own key still works too.
     vm.ssh_key = SSH_KEY
     vm.ssh("true")
+    # KubeSolo (the double) took these arguments and is still its first process.
+    from guest import assert_kubesolo_alive
+    assert_kubesolo_alive(vm)
 
 
 @pytest.mark.slow
@@ -402,3 +412,6 @@ def test_boot_rejects_invalid_cloud_init(boot, tmp_path: Path):
     addrs = vm.ssh("ip -4 -o addr show dev eth0").stdout
     assert "10.0.2.15/24" in addrs and "10.0.2.200" not in addrs
     assert vm.ssh("hostname").stdout.strip() == "kubesolo-abcd01"
+    # A rejected file leaves KubeSolo running with the image's own arguments.
+    from guest import assert_kubesolo_alive
+    assert_kubesolo_alive(vm)

@@ -157,26 +157,26 @@ def test_cmdline_all_parameters(functions: Path) -> None:
 
 
 def test_cmdline_quoted_flags_keep_inner_quotes_and_spaces(functions: Path) -> None:
-    values, _ = parse(functions, "quiet kubesolo.flags=\"--a=1 --b='x  y'\" kubesolo.data=/dev/vdb1 ro")
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b='x  y'"
+    values, _ = parse(functions, "quiet kubesolo.flags=\"--debug --node-ip='x  y'\" kubesolo.data=/dev/vdb1 ro")
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--debug --node-ip='x  y'"
     assert values["KUBESOLO_DATA_DEV"] == "/dev/vdb1"
 
 
 def test_cmdline_whole_parameter_quoted(functions: Path) -> None:
-    values, _ = parse(functions, '"kubesolo.flags=--x=1 --y=2" "kubesolo.cloudinit=/a b"')
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--x=1 --y=2"
+    values, _ = parse(functions, '"kubesolo.flags=--node-ip=10.0.0.1 --startup-timeout=2" "kubesolo.cloudinit=/a b"')
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--node-ip=10.0.0.1 --startup-timeout=2"
     assert values["KUBESOLO_CLOUDINIT"] == "/a b"
 
 
 def test_cmdline_unterminated_quote_takes_the_rest(functions: Path) -> None:
-    values, _ = parse(functions, 'kubesolo.flags="--a=1 --b=2 kubesolo.debug')
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b=2 kubesolo.debug"
+    values, _ = parse(functions, 'kubesolo.flags="--startup-timeout=1 --node-ip=2 kubesolo.debug')
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--startup-timeout=1 --node-ip=2 kubesolo.debug"
     assert values["KUBESOLO_DEBUG"] == "0"
 
 
 def test_cmdline_flags_parameters_are_joined(functions: Path) -> None:
-    values, _ = parse(functions, "kubesolo.flags=--a=1 kubesolo.flags=--b=2")
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b=2"
+    values, _ = parse(functions, "kubesolo.flags=--startup-timeout=1 kubesolo.flags=--node-ip=2")
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--startup-timeout=1 --node-ip=2"
 
 
 @pytest.mark.parametrize(
@@ -225,11 +225,11 @@ def split(functions: Path, text: str) -> tuple[list[str], int]:
     [
         ("", []),
         ("   ", []),
-        ("--a=1 --b=2", ["--a=1", "--b=2"]),
-        ("  --a=1\t\t--b=2  ", ["--a=1", "--b=2"]),
-        ("--b='x  y'", ["--b=x  y"]),
-        ('--b="x  y" --c', ["--b=x  y", "--c"]),
-        ('--sans=\'a,b\' --k="q\\"uote"', ["--sans=a,b", '--k=q"uote']),
+        ("--startup-timeout=1 --node-ip=2", ["--startup-timeout=1", "--node-ip=2"]),
+        ("  --startup-timeout=1\t\t--node-ip=2  ", ["--startup-timeout=1", "--node-ip=2"]),
+        ("--node-ip='x  y'", ["--node-ip=x  y"]),
+        ('--node-ip="x  y" --debug', ["--node-ip=x  y", "--debug"]),
+        ('--apiserver-extra-sans=\'a,b\' --node-ip="q\\"uote"', ["--apiserver-extra-sans=a,b", '--node-ip=q"uote']),
         ("'' x", ["", "x"]),
         ("a\\ b c", ["a b", "c"]),
         ("it'\"'s", ['it"s']),
@@ -244,8 +244,8 @@ def test_split_words(functions: Path, text: str, words: list[str]) -> None:
 
 
 def test_split_words_unterminated_quote(functions: Path) -> None:
-    got, rc = split(functions, "--a=1 --b='x y")
-    assert got == ["--a=1", "--b=x y"]
+    got, rc = split(functions, "--startup-timeout=1 --node-ip='x y")
+    assert got == ["--startup-timeout=1", "--node-ip=x y"]
     assert rc == 1
 
 
