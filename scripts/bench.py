@@ -313,7 +313,9 @@ def bench_sizes(builder: Builder) -> dict[str, Any]:
         "iso_bytes": iso_bytes,
         "vmlinuz_bytes": vmlinuz,
         "initramfs_bytes": initramfs,
-        "iso_other_bytes": iso_bytes - vmlinuz - initramfs,
+        # The ISO holds the media's initramfs (no kubesolo layer) and the system image as a file.
+        "iso_other_bytes": iso_bytes - vmlinuz - (builder.tree / "initramfs-media").stat().st_size
+        - sysimage_bytes(builder),
         "layers": layers,
         "kubesolo_binary_bytes": (builder.tree / "sysimage/root/kubesolo").stat().st_size,
         # The ISO carries the KubeSolo system image as a file (and a media initramfs without the kubesolo layer).
