@@ -23,6 +23,22 @@ SSH_KEY = REPO / "build" / "test-ssh" / "id_ed25519"
 ROOT_PASSWORD = "kubesolo-test-password"  # the test image's, from tests/build-vars.yml
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--real", action="store_true", default=False,
+                     help="run the end-to-end tests with the real KubeSolo (marker `real`; `make test-real`)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `real` download and boot the real KubeSolo: only `pytest --real` (make test-real) runs
+    them. Otherwise they are deselected, not skipped (a skip is a failure under CI), whatever -m says."""
+    if config.getoption("--real"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("real")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("real")]
+
+
 def tool_env() -> dict[str, str]:
     """Environment for the project's tools: the venv first on PATH, the repo's ansible.cfg."""
     env = dict(os.environ)

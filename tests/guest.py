@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,3 +195,135 @@ class Guest:
             time.sleep(0.25)
         if pid:
             raise AssertionError(f"{self.spec.name} still running after {timeout}s")
+
+
+# --- KubeSolo still running after the handover ------------------------------------------------
+# One check for every boot test and the molecule scenarios (issue 18): KubeSolo (the test double)
+# started once, is still that same process after the supervisor's longest back-off, was never
+# restarted, and nothing in the log says it exited. Run as a command for molecule:
+#   python3 tests/guest.py kubesolo-alive --log SERIAL.LOG --pidfile QEMU.PID [--handover exec]
+#                                 [--ssh-port PORT --ssh-key KEY] [--window SECONDS]
+
+BOOT_START = "KubeSolo OS init starting (stages:"
+DOUBLE_RUNNING = "[kubesolo-test-double] running"
+KUBESOLO_STARTED = {"supervise": "Starting KubeSolo (", "exec": "as PID 1"}
+NOT_ALIVE = ("KubeSolo exited", "[kubesolo-test-double] refused", "[kubesolo-test-double] stopping", "Kernel panic")
+
+
+def restart_max_delay() -> int:
+    """Seconds of the supervisor's longest back-off in the test image: init_kubesolo_restart_max_delay of
+    tests/build-vars.yml, else the init role's default."""
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    for source in (repo / "tests" / "build-vars.yml", repo / "roles" / "init" / "defaults" / "main.yml"):
+        value = (yaml.safe_load(source.read_text()) or {}).get("init_kubesolo_restart_max_delay")
+        if value is not None:
+            return int(value)
+    raise AssertionError("init_kubesolo_restart_max_delay is not set")
+
+
+def _last_boot_offset(log: Path) -> int:
+    """Byte offset of the last boot's first init line in the serial log (a reboot appends to it)."""
+    data = log.read_bytes() if log.exists() else b""
+    # The init prints it once per boot (after it has left the initramfs rootfs and re-executed itself).
+    return max(0, data.rfind(BOOT_START.encode()))
+
+
+def check_kubesolo_alive(log: Path, pidfile: Path | None = None, *, handover: str = "supervise",
+                         ssh: Callable[[str], str] | None = None, window: float | None = None,
+                         timeout: float = 180, settle: float = 1.0) -> dict[str, float | int]:
+    """Wait for the test double's "running" line of the last boot, then until the supervisor's longest
+    back-off (window, default restart_max_delay()) has passed since KubeSolo started, and check:
+    exactly one start (one pid= line, one running line) and none of NOT_ALIVE in the log; in exec mode its
+    pid line is exactly pid=1, in supervise mode it is not. With ssh (a function running a guest command and
+    returning its stdout): kubesolo.restarts is 0 and kubesolo.pid is that same, living, kubesolo process.
+    Raises AssertionError naming what is wrong; returns the pid and the seconds waited."""
+    if handover not in KUBESOLO_STARTED:
+        raise ValueError(f"handover must be supervise or exec, not {handover!r}")
+    window = float(restart_max_delay() if window is None else window)
+    offset = _last_boot_offset(log)
+    try:
+        text, _ = vmctl.wait_for(log, [re.escape(DOUBLE_RUNNING)], timeout, fail_patterns=NOT_ALIVE, offset=offset,
+                                 pidfile=pidfile)
+    except vmctl.VMError as exc:
+        raise AssertionError(f"KubeSolo did not come up and stay up: {exc}") from exc
+    seen = time.monotonic()
+    remaining = window
+    if ssh is not None:
+        # Guest clock: seconds since the supervisor (or init) started KubeSolo, from its log line's stamp.
+        started = [line for line in text.splitlines() if KUBESOLO_STARTED[handover] in line]
+        stamp = re.search(r"\[kubesolo-init\] \[\s*([0-9.]+)\]", started[-1]) if started else None
+        if stamp:
+            uptime = float(ssh("cut -d' ' -f1 /proc/uptime").split()[0])
+            remaining = window - (uptime - float(stamp.group(1)))
+    # The back-off's end, plus settle seconds for a respawned supervisor to log its line.
+    time.sleep(max(0.0, remaining) + settle)
+    text = vmctl.read_log(log, offset)
+    for marker in NOT_ALIVE:
+        assert marker not in text, f"{marker!r} in the serial log of {log}: KubeSolo did not stay up"
+    pids = re.findall(r"^\[kubesolo-test-double\] pid=(\S*?)\r?$", text, re.M)
+    assert len(pids) == 1, f"KubeSolo started {len(pids)} times in the last boot (pid lines {pids}) in {log}"
+    assert text.count(DOUBLE_RUNNING) == 1, f"KubeSolo reported running {text.count(DOUBLE_RUNNING)} times in {log}"
+    pid = int(pids[0])
+    if handover == "exec":
+        assert pid == 1, f"exec handover: KubeSolo reported pid={pids[0]}, not PID 1 ({log})"
+    else:
+        assert pid != 1, f"supervise handover: KubeSolo is PID 1 ({log})"
+    if ssh is not None:
+        if handover == "supervise":
+            restarts = ssh("cat /run/kubesolo-os/kubesolo.restarts").strip()
+            assert restarts == "0", f"kubesolo.restarts is {restarts!r}, not 0: the supervisor restarted KubeSolo"
+            recorded = ssh("cat /run/kubesolo-os/kubesolo.pid").strip()
+            assert recorded == str(pid), f"kubesolo.pid is {recorded}, the double reported pid={pid}"
+        state = ssh(f"cut -d' ' -f3 /proc/{pid}/stat; readlink /proc/{pid}/exe").split()
+        assert len(state) == 2 and state[0] in "RS" and state[1].endswith("/kubesolo"), \
+            f"process {pid} is not a living kubesolo: {state}"
+    return {"pid": pid, "waited": round(time.monotonic() - seen, 1)}
+
+
+def assert_kubesolo_alive(vm: Guest, *, handover: str = "supervise", ssh: bool | None = None,
+                          window: float | None = None, timeout: float = 180) -> dict[str, float | int]:
+    """check_kubesolo_alive for a booted Guest; over SSH too when the guest has an SSH forward (or ssh=True)."""
+    use_ssh = bool(vm.spec.ssh_port) if ssh is None else ssh
+    runner = (lambda command: vm.ssh(command).stdout) if use_ssh else None
+    if use_ssh:
+        vm.wait_ssh()
+    return check_kubesolo_alive(vm.spec.serial_log, vm.spec.pidfile, handover=handover, ssh=runner, window=window,
+                                timeout=timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(description="Checks on a booted KubeSolo OS test VM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    alive = sub.add_parser("kubesolo-alive", help="KubeSolo still its first process after the longest back-off")
+    alive.add_argument("--log", type=Path, required=True)
+    alive.add_argument("--pidfile", type=Path)
+    alive.add_argument("--handover", choices=sorted(KUBESOLO_STARTED), default="supervise")
+    alive.add_argument("--ssh-port", type=int)
+    alive.add_argument("--ssh-key", type=Path)
+    alive.add_argument("--window", type=float)
+    alive.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args(argv)
+    runner = None
+    if args.ssh_port:
+        spec = vmctl.VMSpec(name="ssh", workdir=args.log.parent, ssh_port=args.ssh_port)
+        guest = Guest(spec, ssh_key=args.ssh_key or Path())
+        guest.wait_ssh()
+        runner = lambda command: guest.ssh(command).stdout  # noqa: E731
+    try:
+        result = check_kubesolo_alive(args.log, args.pidfile, handover=args.handover, ssh=runner, window=args.window,
+                                      timeout=args.timeout)
+    except AssertionError as exc:
+        print(f"guest: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,7 +25,8 @@ EXAMPLES = REPO / "files" / "cloud-init" / "examples"
 SCHEMA_FILE = REPO / "files" / "cloud-init-schema.yml"
 LIBDIR = "usr/lib/kubesolo-os"
 BUSYBOX = shutil.which("busybox")
-SCHEMA = cloudinit.load_schema(yaml.safe_load(SCHEMA_FILE.read_text()))
+FLAGS_FILE = REPO / "files" / "kubesolo-flags.yml"
+SCHEMA = cloudinit.load_schema(yaml.safe_load(SCHEMA_FILE.read_text()), yaml.safe_load(FLAGS_FILE.read_text()))
 
 VALID = sorted((FIXTURES / "valid").glob("*.yaml"))
 INVALID = sorted((FIXTURES / "invalid").glob("*.yaml"))
@@ -113,10 +114,59 @@ def test_schema_table_rendered_from_the_schema(ci_layer: Path):
     assert dirs == SCHEMA["persistent_dirs"]
 
 
+@needs_busybox
+def test_unknown_flag_is_refused_naming_the_known_flags(ci_layer: Path, tmp_path: Path):
+    """Both validators name an unknown KubeSolo flag and list the flags KubeSolo has (from the one table)."""
+    table = yaml.safe_load(FLAGS_FILE.read_text())["kubesolo_flags"]
+    known = ", ".join(f"--{f['name']}" for f in table if f["boot"])
+    assert known.startswith("--path, --apiserver-extra-sans, --node-ip") and "--version" not in known
+    expected = f"D\tERROR\t4\tkubesolo.flags[1]\tunknown KubeSolo flag --from-config-file; known flags: {known}"
+    path = FIXTURES / "invalid" / "flag-unknown.yaml"
+    assert expected in python_flat(path)
+    assert expected in awk_flat(ci_layer, path)
+    result = bb(ci_layer, tmp_path, f'ksi_ci_check "{path}" "$KSI_CI_FLAT" node.yaml')
+    assert (f"[kubesolo-init] [ERROR] cloud-init node.yaml line 4: kubesolo.flags[1]: unknown KubeSolo flag "
+            f"--from-config-file; known flags: {known}") in result.stderr
+
+
+def test_flag_rules_messages():
+    """What the validator says for each way a flag item breaks KubeSolo's contract (never the value)."""
+    flags = SCHEMA["kubesolo_flags"]
+    cases = {
+        "--debug": "", "--debug=TRUE": "", "--no-debug": "", "--node-ip=10.0.0.1": "", "--node-ip=": "",
+        "--startup-timeout=-1": "",
+        "debug": "not a KubeSolo flag (--name or --name=value)",
+        "--Debug": "not a KubeSolo flag (--name or --name=value)",
+        "--debug=maybe": "--debug is a boolean: write --debug, --no-debug or --debug=true|false",
+        "--no-debug=false": "--no-debug takes no value",
+        "--portainer-edge-key": "--portainer-edge-key needs a value: write --portainer-edge-key=VALUE",
+        "--startup-timeout=1e3": "--startup-timeout needs a whole number",
+        "--version": "--version makes KubeSolo print and exit: not allowed at boot",
+        "--no-path": "unknown KubeSolo flag --no-path; known flags: " + flags["known"],
+    }
+    assert {value: cloudinit.check_flag(value, flags) for value in cases} == cases
+
+
+def test_schema_table_has_the_flag_table(ci_layer: Path):
+    table = yaml.safe_load(FLAGS_FILE.read_text())
+    rows = [line.split("\t") for line in (ci_layer / LIBDIR / "cloud-init.schema").read_text().splitlines()]
+    assert [r[1:] for r in rows if r[0] == "F"] == [[f["name"], f["type"], str(int(f["boot"]))]
+                                                     for f in table["kubesolo_flags"]]
+    assert [r[1] for r in rows if r[0] == "BT"] == table["bool_true"]
+    assert [r[1] for r in rows if r[0] == "BF"] == table["bool_false"]
+
+
 def test_schema_is_documented():
     doc = (REPO / "docs" / "cloud-init.md").read_text()
     for key in SCHEMA["keys"]:
         assert f"`{key}`" in doc, key
+
+
+def test_kubesolo_flags_are_documented():
+    """roles/init/README.md lists every flag of the one table, with its type and environment twin."""
+    doc = (REPO / "roles" / "init" / "README.md").read_text()
+    for flag in yaml.safe_load(FLAGS_FILE.read_text())["kubesolo_flags"]:
+        assert re.search(rf"^\| `--{flag['name']}` \| {flag['type']} \| `{flag['env']}` \|", doc, re.M), flag["name"]
 
 
 def test_python_data_view():
@@ -162,7 +212,7 @@ ksi_ci_flags
     assert (tmp_path / "config").read_text() == "# KubeSolo configuration\nlocal-storage: true\ndebug: false\n"
     assert (tmp_path / "hello").read_text() == '#!/bin/sh\necho "hello: world"'
     lines = result.stdout.splitlines()
-    assert lines[:3] == ["10.0.2.3", "10.0.2.4", "2"]
+    assert lines[:3] == ["10.0.2.3", "10.0.2.4", "2"]  # full.yaml's flags, as the file gives them:
     assert lines[3] == (".example.com,192.168.0.0/16,10.42.0.0/16,10.43.0.0/16,.svc,.cluster.local,localhost,"
                         "127.0.0.1,10.0.2.15")
     assert lines[4:] == ["--debug", "--node-ip=10.0.2.15"]
@@ -294,7 +344,7 @@ write_files:
 kubesolo:
   config: |
     local-storage: true
-  flags: [--ci-flag=yes]
+  flags: [--debug=true, --startup-timeout=900, --local-storage=false]
   portainer_edge_id: edge-id-secret-1
   portainer_edge_key: edge-key-secret-2
 """
@@ -328,7 +378,10 @@ kubesolo:
     assert vm.ssh("stat -c %a /etc/kubesolo/hello.txt /etc/kubesolo/config.yaml").stdout.split() == ["640", "600"]
     # A containerd config from write_files is a drop-in of KubeSolo's containerd on this very boot (stage 80).
     assert vm.ssh("cat /etc/containerd/config.d/kubesolo-os-custom.toml").stdout == "version = 2 # from cloud-init"
-    assert "--ci-flag=yes" in text
+    # Cloud-init's flags, booleans translated as KubeSolo's kingpin needs them, replacing the built-in one.
+    from test_boot import double_args
+    assert double_args(text) == ["--path=/var/lib/kubesolo", "--no-local-storage", "--apiserver-extra-sans=ci-node-01",
+                                 "--debug", "--startup-timeout=900"]
     environ = vm.ssh("tr '\\0' '\\n' </proc/$(cat /run/kubesolo-os/kubesolo.pid)/environ").stdout.splitlines()
     assert "HTTP_PROXY=http://10.0.2.2:3128" in environ and "https_proxy=http://10.0.2.2:3128" in environ
     no_proxy = next(e for e in environ if e.startswith("NO_PROXY=")).split("=", 1)[1].split(",")
@@ -339,6 +392,9 @@ kubesolo:
     # The image's own key still works too.
     vm.ssh_key = SSH_KEY
     vm.ssh("true")
+    # KubeSolo (the double) took these arguments and is still its first process.
+    from guest import assert_kubesolo_alive
+    assert_kubesolo_alive(vm)
 
 
 @pytest.mark.slow
@@ -361,3 +417,6 @@ def test_boot_rejects_invalid_cloud_init(boot, tmp_path: Path):
     addrs = vm.ssh("ip -4 -o addr show dev eth0").stdout
     assert "10.0.2.15/24" in addrs and "10.0.2.200" not in addrs
     assert vm.ssh("hostname").stdout.strip() == "kubesolo-abcd01"
+    # A rejected file leaves KubeSolo running with the image's own arguments.
+    from guest import assert_kubesolo_alive
+    assert_kubesolo_alive(vm)

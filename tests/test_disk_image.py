@@ -103,7 +103,12 @@ def test_layout_mbr_boot_partition_and_ksolodata(built_image, tmp_path):
 def test_boot_partition_holds_kernel_initramfs_syslinux_and_grub(built_image):
     image = disk_image(built_image)
     assert fat_read(image, MIB, "/boot/vmlinuz") == built_image.vmlinuz.read_bytes()
-    assert fat_read(image, MIB, "/boot/initramfs") == built_image.initramfs.read_bytes()
+    # The media's initramfs (no kubesolo layer) and the KubeSolo system image the init mounts from here.
+    assert fat_read(image, MIB, "/boot/initramfs") == (REPO / "build" / "test" / "initramfs-media").read_bytes()
+    manifest = json.loads((built_image.output / "manifest.json").read_text())
+    system = manifest["kubesolo"]["system_image"]
+    sysimage = fat_read(image, MIB, system["media_path"])
+    assert hashlib.sha256(sysimage).hexdigest() == system["sha256"] and len(sysimage) == system["size"]
     listing = fat_list(image, MIB, "/syslinux")
     for name in ("ldlinux.sys", "ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32", "syslinux.cfg"):
         assert re.search(rf"/{re.escape(name)}$", listing, re.M | re.I), (name, listing)
@@ -119,9 +124,17 @@ def test_menus_are_the_isos_generated_from_one_list(built_image, tmp_path):
     image = disk_image(built_image)
     syslinux_cfg = fat_read(image, MIB, "/syslinux/syslinux.cfg").decode()
     grub_cfg = fat_read(image, MIB, "/EFI/BOOT/grub.cfg").decode()
-    assert syslinux_cfg == iso_file(built_image.iso, "/isolinux/isolinux.cfg", tmp_path)
-    assert grub_cfg == fat_read(built_image.iso, iso_esp_offset(built_image.iso), "/EFI/BOOT/grub.cfg").decode()
+    # The same menus but for the medium the init takes the system image from: the FAT boot partition by its
+    # label here, the ISO 9660 file system by its volume id there.
+    sysimage = role_defaults("kubesolo")["kubesolo_sysimage_media_path"]
+    on_disk = f"kubesolo.sysimage=LABEL={DEFAULTS['disk_image_boot_label']}:{sysimage}"
+    on_iso = f"kubesolo.sysimage=LABEL={role_defaults('iso')['iso_volume_id']}:{sysimage}"
+    iso_syslinux = iso_file(built_image.iso, "/isolinux/isolinux.cfg", tmp_path)
+    iso_grub = fat_read(built_image.iso, iso_esp_offset(built_image.iso), "/EFI/BOOT/grub.cfg").decode()
     entries = role_defaults("iso")["iso_boot_entries"]
+    for disk_cfg, iso_cfg in ((syslinux_cfg, iso_syslinux), (grub_cfg, iso_grub)):
+        assert disk_cfg.count(on_disk) == len(entries) and iso_cfg.count(on_iso) == len(entries)
+        assert disk_cfg.replace(on_disk, on_iso) == iso_cfg
     appends = re.findall(r"^\s*append (.*)$", syslinux_cfg, re.M)
     linuxes = re.findall(r"^\s*linux /boot/vmlinuz (.*)$", grub_cfg, re.M)
     labels = re.findall(r"^label (\S+)$", syslinux_cfg, re.M)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import VENV_BIN, run, stop_guests, tool_env, vm_pool
+from guest import assert_kubesolo_alive
 from loopdev import MIB, LoopDevices, sh
 
 pytestmark = pytest.mark.slow
@@ -282,6 +283,7 @@ def test_flashed_stick_boots_and_keeps_ksolodata(image, loops, boot_medium, firm
     assert "First boot on this data partition" in first.log
     size = int(first.ssh("df -k /mnt/data | tail -1").stdout.split()[1])
     assert size > 400 * 1024, "KSOLODATA was not grown to the stick"
+    assert_kubesolo_alive(first)
     first.ssh(f"echo written-under-{firmware} > /var/lib/kubesolo/usb-marker && sync")
     first.ssh("poweroff", check=False)
     first.wait_exit(timeout=120)
@@ -291,6 +293,7 @@ def test_flashed_stick_boots_and_keeps_ksolodata(image, loops, boot_medium, firm
     second.wait_ssh(timeout=180)
     assert second.ssh("cat /var/lib/kubesolo/usb-marker").stdout.strip() == f"written-under-{firmware}"
     assert "First boot on this data partition" not in second.log
+    assert_kubesolo_alive(second)
 
 
 def test_iso_boots_under_ovmf_as_a_cd(iso, boot_medium, tmp_path):
@@ -305,6 +308,7 @@ def test_iso_boots_under_ovmf_as_a_cd(iso, boot_medium, tmp_path):
     cmdline = vm.ssh("cat /proc/cmdline").stdout
     assert "kubesolo.data=LABEL=KSOLODATA" in cmdline and "console=ttyS0,115200n8" in cmdline
     assert re.search(r"^/dev/vda /mnt/data ext4 ", vm.ssh("cat /proc/mounts").stdout, re.M)
+    assert_kubesolo_alive(vm)
 
 
 def test_iso_written_raw_to_a_stick_boots_under_ovmf(iso, boot_medium, tmp_path):
@@ -315,3 +319,4 @@ def test_iso_written_raw_to_a_stick_boots_under_ovmf(iso, boot_medium, tmp_path)
     vm = boot_medium("iso-usb-uefi", usb_disk=stick, firmware="uefi", ssh=False)
     seconds = vm.wait_booted(timeout=300)
     print(f"uefi USB stick (ISO written raw): stage-90 marker after {seconds:.1f}s")
+    assert_kubesolo_alive(vm)  # serial log only: this VM has no SSH forward

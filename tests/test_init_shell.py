@@ -48,6 +48,9 @@ def _run_role(workdir: Path, layers: Path, extra_vars: dict | None = None) -> st
                 "kubesolo_os_layers_dir": str(layers),
                 "kubesolo_os_output_dir": str(workdir / "output"),
                 "kubesolo_os_epoch": EPOCH,
+                # What the kubesolo role records about the system image (stage 20 verifies it).
+                "kubesolo_binary_path": "/" + LIBDIR + "/bin/kubesolo",
+                "kubesolo_sysimage": {"sha256": "0" * 64, "size": 4096, "image_path": "/" + LIBDIR + "/kubesolo.sqfs"},
                 **(extra_vars or {}),
             },
             "roles": ["init"],
@@ -154,26 +157,26 @@ def test_cmdline_all_parameters(functions: Path) -> None:
 
 
 def test_cmdline_quoted_flags_keep_inner_quotes_and_spaces(functions: Path) -> None:
-    values, _ = parse(functions, "quiet kubesolo.flags=\"--a=1 --b='x  y'\" kubesolo.data=/dev/vdb1 ro")
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b='x  y'"
+    values, _ = parse(functions, "quiet kubesolo.flags=\"--debug --node-ip='x  y'\" kubesolo.data=/dev/vdb1 ro")
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--debug --node-ip='x  y'"
     assert values["KUBESOLO_DATA_DEV"] == "/dev/vdb1"
 
 
 def test_cmdline_whole_parameter_quoted(functions: Path) -> None:
-    values, _ = parse(functions, '"kubesolo.flags=--x=1 --y=2" "kubesolo.cloudinit=/a b"')
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--x=1 --y=2"
+    values, _ = parse(functions, '"kubesolo.flags=--node-ip=10.0.0.1 --startup-timeout=2" "kubesolo.cloudinit=/a b"')
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--node-ip=10.0.0.1 --startup-timeout=2"
     assert values["KUBESOLO_CLOUDINIT"] == "/a b"
 
 
 def test_cmdline_unterminated_quote_takes_the_rest(functions: Path) -> None:
-    values, _ = parse(functions, 'kubesolo.flags="--a=1 --b=2 kubesolo.debug')
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b=2 kubesolo.debug"
+    values, _ = parse(functions, 'kubesolo.flags="--startup-timeout=1 --node-ip=2 kubesolo.debug')
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--startup-timeout=1 --node-ip=2 kubesolo.debug"
     assert values["KUBESOLO_DEBUG"] == "0"
 
 
 def test_cmdline_flags_parameters_are_joined(functions: Path) -> None:
-    values, _ = parse(functions, "kubesolo.flags=--a=1 kubesolo.flags=--b=2")
-    assert values["KUBESOLO_EXTRA_FLAGS"] == "--a=1 --b=2"
+    values, _ = parse(functions, "kubesolo.flags=--startup-timeout=1 kubesolo.flags=--node-ip=2")
+    assert values["KUBESOLO_EXTRA_FLAGS"] == "--startup-timeout=1 --node-ip=2"
 
 
 @pytest.mark.parametrize(
@@ -222,11 +225,11 @@ def split(functions: Path, text: str) -> tuple[list[str], int]:
     [
         ("", []),
         ("   ", []),
-        ("--a=1 --b=2", ["--a=1", "--b=2"]),
-        ("  --a=1\t\t--b=2  ", ["--a=1", "--b=2"]),
-        ("--b='x  y'", ["--b=x  y"]),
-        ('--b="x  y" --c', ["--b=x  y", "--c"]),
-        ('--sans=\'a,b\' --k="q\\"uote"', ["--sans=a,b", '--k=q"uote']),
+        ("--startup-timeout=1 --node-ip=2", ["--startup-timeout=1", "--node-ip=2"]),
+        ("  --startup-timeout=1\t\t--node-ip=2  ", ["--startup-timeout=1", "--node-ip=2"]),
+        ("--node-ip='x  y'", ["--node-ip=x  y"]),
+        ('--node-ip="x  y" --debug', ["--node-ip=x  y", "--debug"]),
+        ('--apiserver-extra-sans=\'a,b\' --node-ip="q\\"uote"', ["--apiserver-extra-sans=a,b", '--node-ip=q"uote']),
         ("'' x", ["", "x"]),
         ("a\\ b c", ["a b", "c"]),
         ("it'\"'s", ['it"s']),
@@ -241,41 +244,183 @@ def test_split_words(functions: Path, text: str, words: list[str]) -> None:
 
 
 def test_split_words_unterminated_quote(functions: Path) -> None:
-    got, rc = split(functions, "--a=1 --b='x y")
-    assert got == ["--a=1", "--b=x y"]
+    got, rc = split(functions, "--startup-timeout=1 --node-ip='x y")
+    assert got == ["--startup-timeout=1", "--node-ip=x y"]
     assert rc == 1
 
 
-def test_kubesolo_args_round_trip(functions: Path, tmp_path: Path) -> None:
+# --------------------------------------------------------------------------------------------
+# KubeSolo's arguments (ksi_kubesolo_args): KubeSolo's real flag contract (files/kubesolo-flags.yml)
+# --------------------------------------------------------------------------------------------
+BUILT_IN = ["--path=/var/lib/kubesolo", "--local-storage"]
+KARGS = """
+ksi_kubesolo_args "$1" "$2" "$3" "$4" > "$5"
+echo "rc=$?" >&2
+"""
+
+
+def kargs(functions: Path, tmp_path: Path, *, host: str = "node-1", file: str | None = None, cloudinit: str = "",
+          cmdline: str = "") -> tuple[list[str], str, int]:
+    """KubeSolo's arguments for these sources, one per list item; the log; the status."""
     flags = tmp_path / "flags"
-    flags.write_text("# comment\n\n  --portainer-edge-id=abc  \n--node-ip=10.0.0.5\n   # indented comment\n--x=a b")
-    script = textwrap.dedent(
-        """
-        file=$4
-        ksi_kubesolo_args "$1" "$2" "$3" > "$file"
-        set --
-        while IFS= read -r a; do set -- "$@" "$a"; done < "$file"
-        for a in "$@"; do printf '<%s>\\n' "$a"; done
-        """
-    )
-    result = bb(functions, script, "kubesolo-a1b2c3", str(flags), "--debug=true --sans='a b' ''", str(tmp_path / "a"))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        "<--path=/var/lib/kubesolo>",
-        "<--local-storage=true>",
-        "<--apiserver-extra-sans=kubesolo-a1b2c3>",
-        "<--portainer-edge-id=abc>",
-        "<--node-ip=10.0.0.5>",
-        "<--x=a b>",
-        "<--debug=true>",
-        "<--sans=a b>",
-        "<>",
-    ]
+    flags.unlink(missing_ok=True)
+    if file is not None:
+        flags.write_text(file)
+    out = tmp_path / "args"
+    result = bb(functions, KARGS, host, str(flags), cloudinit, cmdline, str(out))
+    status = re.search(r"rc=(\d+)", result.stderr)
+    assert status, result.stderr
+    return out.read_text().split("\n")[:-1], result.stderr, int(status.group(1))
 
 
-def test_kubesolo_args_without_flags_file(functions: Path, tmp_path: Path) -> None:
-    result = bb(functions, 'ksi_kubesolo_args "" "$1" ""', str(tmp_path / "missing"))
-    assert result.stdout.splitlines() == ["--path=/var/lib/kubesolo", "--local-storage=true"]
+def test_kubesolo_args_defaults_follow_kingpin(functions: Path, tmp_path: Path) -> None:
+    """No user flags: the built-in arguments, booleans without `=true`, the hostname as extra SAN."""
+    args, log, rc = kargs(functions, tmp_path)
+    assert args == [*BUILT_IN, "--apiserver-extra-sans=node-1"]
+    assert log == "rc=0\n" and rc == 0
+    assert kargs(functions, tmp_path, host="")[0] == BUILT_IN
+
+
+def test_kubesolo_args_round_trip_keeps_words_and_order(functions: Path, tmp_path: Path) -> None:
+    file = ("# comment\n\n  --portainer-edge-id=abc  \n--node-ip=10.0.0.5\n   # indented\n"
+            "--local-storage-shared-path=/mnt/a b")
+    args, log, rc = kargs(functions, tmp_path, file=file, cloudinit="--load-balancer-ip=10.0.0.9",
+                          cmdline="--startup-timeout=900 --portainer-edge-image='reg.example/agent:x y' --debug")
+    assert rc == 0 and "[ERROR]" not in log, log
+    assert args == [*BUILT_IN, "--apiserver-extra-sans=node-1", "--portainer-edge-id=abc", "--node-ip=10.0.0.5",
+                    "--local-storage-shared-path=/mnt/a b", "--load-balancer-ip=10.0.0.9", "--startup-timeout=900",
+                    "--portainer-edge-image=reg.example/agent:x y", "--debug"]
+
+
+@pytest.mark.parametrize(
+    ("given", "passed"),
+    [
+        ("--debug", "--debug"),
+        ("--debug=true", "--debug"),
+        ("--debug=TRUE", "--debug"),
+        ("--debug=yes", "--debug"),
+        ("--debug=1", "--debug"),
+        ("--debug=on", "--debug"),
+        ("--debug=false", "--no-debug"),
+        ("--debug=No", "--no-debug"),
+        ("--debug=0", "--no-debug"),
+        ("--debug=off", "--no-debug"),
+        ("--no-debug", "--no-debug"),
+    ],
+)
+def test_kubesolo_args_booleans_become_flag_or_no_flag(functions: Path, tmp_path: Path, given: str,
+                                                       passed: str) -> None:
+    for source in ("file", "cloudinit", "cmdline"):
+        args, log, _ = kargs(functions, tmp_path, **{source: given})
+        assert args[3:] == [passed], (source, log)
+        assert "[ERROR]" not in log
+
+
+def test_kubesolo_args_user_value_replaces_the_built_in_one(functions: Path, tmp_path: Path) -> None:
+    args, log, rc = kargs(functions, tmp_path, file="--local-storage=false\n--apiserver-extra-sans=a.example,10.0.0.7",
+                          cmdline="--path=/var/lib/kubesolo/other")
+    assert rc == 0
+    assert args == ["--path=/var/lib/kubesolo/other", "--no-local-storage", "--apiserver-extra-sans=a.example,10.0.0.7"]
+    assert f"--local-storage from {tmp_path}/flags replaces the built-in one" in log
+    assert "--apiserver-extra-sans from" in log
+    assert ("[WARN] --path from kubesolo.flags= replaces --path=/var/lib/kubesolo: KubeSolo keeps all its state there, "
+            "so it must never change after the first start") in log
+    assert "[ERROR]" not in log
+
+
+def test_kubesolo_args_precedence_file_then_cloud_init_then_cmdline(functions: Path, tmp_path: Path) -> None:
+    args, log, _ = kargs(functions, tmp_path, file="--startup-timeout=100\n--debug",
+                         cloudinit="--startup-timeout=200\n--no-debug", cmdline="--startup-timeout=300")
+    assert args[3:] == ["--startup-timeout=300", "--no-debug"]
+    assert "[WARN] --startup-timeout from cloud-init kubesolo.flags replaces the one from" in log
+    assert "[WARN] --startup-timeout from kubesolo.flags= replaces the one from cloud-init kubesolo.flags" in log
+    args, _, _ = kargs(functions, tmp_path, file="--node-ip=10.0.0.1", cloudinit="--node-ip=10.0.0.2")
+    assert args[3:] == ["--node-ip=10.0.0.2"]
+    # In one source the last one wins, as for the others.
+    args, log, _ = kargs(functions, tmp_path, cmdline="--node-ip=10.0.0.1 --debug --node-ip=10.0.0.3")
+    assert args[3:] == ["--node-ip=10.0.0.3", "--debug"]
+    assert "[WARN] --node-ip is given more than once in kubesolo.flags=: the last one is used" in log
+
+
+def test_kubesolo_args_string_flag_value_as_next_word(functions: Path, tmp_path: Path) -> None:
+    """kingpin's `--name VALUE` form, within one source."""
+    args, log, _ = kargs(functions, tmp_path, cmdline="--node-ip 10.0.0.5 --startup-timeout 900",
+                         file="--load-balancer-ip\n10.0.0.8")
+    assert args[3:] == ["--load-balancer-ip=10.0.0.8", "--node-ip=10.0.0.5", "--startup-timeout=900"]
+    assert "[ERROR]" not in log
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "kept", "message"),
+    [
+        ("--bogus --debug", ["--debug"], "KubeSolo flags (kubesolo.flags=): unknown flag --bogus: not passed "
+                                         "(KubeSolo would exit on it)"),
+        ("--from-config-file=yes", [], "unknown flag --from-config-file"),
+        ("--no-path", [], "unknown flag --no-path"),
+        ("word --debug", ["--debug"], "'word' is not a flag (KubeSolo takes no positional arguments)"),
+        ("''", [], "'' is not a flag"),
+        ("-v", [], "'-v' is not a flag"),
+        ("--", [], "'--' is not a flag"),
+        ("--local-storage true", ["--local-storage"],
+         "'true' after the boolean --local-storage (write --local-storage, --no-local-storage or "
+         "--local-storage=true)"),
+        ("--debug=maybe", [], "--debug=maybe is neither true nor false"),
+        ("--no-debug=true", [], "--no-debug takes no value"),
+        ("--node-ip", [], "--node-ip needs a value (--node-ip=VALUE)"),
+        ("--node-ip --debug", ["--debug"], "--node-ip needs a value (--node-ip=VALUE)"),
+        ("--startup-timeout=soon", [], "--startup-timeout needs a whole number"),
+        ("--version", [], "--version makes KubeSolo print and exit"),
+    ],
+)
+def test_kubesolo_args_drop_what_kubesolo_refuses_with_an_error(functions: Path, tmp_path: Path, cmdline: str,
+                                                                kept: list[str], message: str) -> None:
+    args, log, rc = kargs(functions, tmp_path, cmdline=cmdline)
+    assert rc == 0
+    base = ["--local-storage"] if cmdline.startswith("--local-storage") else []
+    assert args == [*BUILT_IN, "--apiserver-extra-sans=node-1", *[k for k in kept if k not in base]], log
+    assert f"[ERROR] KubeSolo flags (kubesolo.flags=): {message.removeprefix('KubeSolo flags (kubesolo.flags=): ')}" \
+        in log, log
+    if "unknown flag" in message:
+        assert "KubeSolo knows these flags: --path --apiserver-extra-sans --node-ip" in log
+        assert "--version" not in log.split("knows these flags:")[1]
+
+
+def test_kubesolo_args_errors_name_the_flags_file(functions: Path, tmp_path: Path) -> None:
+    args, log, _ = kargs(functions, tmp_path, file="--note=a b\n--node-ip 10.0.0.5\n")
+    assert args == [*BUILT_IN, "--apiserver-extra-sans=node-1"]
+    assert f"[ERROR] KubeSolo flags ({tmp_path}/flags): unknown flag --note: not passed" in log
+    assert (f"[ERROR] KubeSolo flags ({tmp_path}/flags): '--node-ip ...' holds a blank (write --node-ip=VALUE as one "
+            "argument)") in log
+
+
+def test_kubesolo_args_never_log_secret_values(functions: Path, tmp_path: Path) -> None:
+    args, log, _ = kargs(functions, tmp_path, file="--portainer-edge-key=s3cret-one\n--portainer-edge-key s3cret-two",
+                         cmdline="--portainer-edge-key=s3cret-three s3cret-four")
+    assert args[3:] == ["--portainer-edge-key=s3cret-three"]
+    assert "s3cret" not in log, log
+    assert "a word after --portainer-edge-key is not a flag" in log
+
+
+def test_kubesolo_args_never_evaluate(functions: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    args, log, _ = kargs(functions, tmp_path, file=f"--node-ip=$(touch {marker})",
+                         cmdline=f"\\$(touch${{IFS}}{marker}) '--load-balancer-ip=`touch {marker}`'")
+    assert not marker.exists()
+    assert args[3:] == [f"--node-ip=$(touch {marker})", f"--load-balancer-ip=`touch {marker}`"]
+    assert "is not a flag" in log
+
+
+def test_kubesolo_args_unterminated_quote(functions: Path, tmp_path: Path) -> None:
+    args, _, rc = kargs(functions, tmp_path, cmdline="--debug --node-ip='10.0.0.5")
+    assert rc == 1
+    assert args[3:] == ["--debug", "--node-ip=10.0.0.5"]
+
+
+def test_kubesolo_flag_table_rendered(functions: Path) -> None:
+    """functions.sh carries files/kubesolo-flags.yml, the one table of KubeSolo's flags."""
+    table = yaml.safe_load((REPO / "files/kubesolo-flags.yml").read_text())
+    rendered = re.search(r"^    KSI_KUBESOLO_FLAGS='([^']*)'$", functions.read_text(), re.M).group(1).split()
+    assert rendered == [f"{f['name']}:{f['type']}:{int(f['boot'])}:{int(f['secret'])}" for f in table["kubesolo_flags"]]
 
 
 # --------------------------------------------------------------------------------------------

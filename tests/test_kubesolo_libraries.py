@@ -99,7 +99,10 @@ def test_static_binary_passes(tree: Path) -> None:
     result = apply_role(tree, link(tree, "kubesolo-static"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"kubesolo_binary_libraries": []' in result.stdout
-    assert (tree / "layers/kubesolo/usr/lib/kubesolo-os/bin/kubesolo").exists()
+    # The binary is installed into the system image (a squashfs in the kubesolo layer), not the layer itself.
+    listing = subprocess.run(["unsquashfs", "-l", str(tree / "layers/kubesolo/usr/lib/kubesolo-os/kubesolo.sqfs")],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    assert "squashfs-root/kubesolo" in listing.split()
 
 
 def test_dynamic_binary_with_its_libraries_in_the_image_passes(tree: Path) -> None:

@@ -54,6 +54,8 @@ class VMSpec:
     mac: str | None = None
     reboot: bool = True
     network: bool = True
+    # False only for `make test-real` (the real KubeSolo pulls images): the guest may then reach outside.
+    restrict: bool = True
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -117,7 +119,7 @@ def qemu_command(spec: VMSpec) -> list[str]:
     if not spec.network:
         cmd += ["-nic", "none"]
         return cmd + spec.extra_args
-    nic = "user,model=virtio-net-pci,restrict=on"
+    nic = f"user,model=virtio-net-pci,restrict={'on' if spec.restrict else 'off'}"
     if spec.mac:
         nic += f",mac={spec.mac}"
     if spec.ssh_port:

@@ -21,7 +21,7 @@
 //	[kubesolo-test-double] pid=PID
 //	[kubesolo-test-double] argc=N
 //	[kubesolo-test-double] arg[1]=<first argument> ... arg[N]=<last argument>
-//	[kubesolo-test-double] flag <name>=<effective value>   (every flag; secrets as <set>/<unset>)
+//	[kubesolo-test-double] flag <name>=<effective value>   (every flag; the Edge id and key as <set>/<unset>)
 //	[kubesolo-test-double] meminfo MemTotal=<kB> MemAvailable=<kB> Shmem=<kB>
 //	[kubesolo-test-double] nofile=<soft limit>
 //	[kubesolo-test-double] listening on :6443
@@ -225,7 +225,7 @@ func main() {
 	}
 	for _, kv := range [][2]string{
 		{"path", *path}, {"apiserver-extra-sans", *apiserverExtraSANs}, {"node-ip", *nodeIP},
-		{"portainer-edge-id", *portainerEdgeID}, {"portainer-edge-key", secret(*portainerEdgeKey)},
+		{"portainer-edge-id", secret(*portainerEdgeID)}, {"portainer-edge-key", secret(*portainerEdgeKey)},
 		{"portainer-edge-async", fmt.Sprint(*portainerEdgeAsync)}, {"portainer-edge-image", *portainerEdgeImage},
 		{"load-balancer", fmt.Sprint(*loadBalancer)}, {"load-balancer-ip", *loadBalancerIP},
 		{"local-storage", fmt.Sprint(*localStorage)}, {"local-storage-shared-path", *localStorageShared},

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 DATA = "/mnt/data"
 
 
@@ -60,3 +64,17 @@ def test_other_disks_untouched(host):
     else:
         # The second blank disk was not named, so it stays blank.
         assert host.run("/sbin/blkid -p /dev/vda").rc == 2
+
+
+def test_kubesolo_stays_up_after_the_reboot(host):
+    """The one check of the test suite (tests/guest.py): after provisioning and the reboot, KubeSolo started
+    once, is still that process after the supervisor's longest back-off, and kubesolo.restarts is 0."""
+    workdir = Path(_vars(host)["fleet_workdir"])
+    project = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", workdir.parents[2]))
+    sys.path.insert(0, str(project / "tests"))
+    import guest
+
+    name = host.backend.get_hostname()
+    result = guest.check_kubesolo_alive(workdir / f"{name}.serial.log", workdir / f"{name}.pid",
+                                        ssh=lambda command: host.check_output(command))
+    assert result["pid"] != 1

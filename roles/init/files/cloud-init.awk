@@ -26,6 +26,8 @@ BEGIN {
         } else if (sf[1] == "P") {
             ndirs++
             dirs[ndirs] = sf[2]
+        } else {
+            load_flag_row(sf)
         }
     }
     close(schema)
@@ -413,7 +415,7 @@ function check_value(kind, type, v,    addr, prefix, slash, w, n, ls, i, ok) {
         }
         return ok ? "" : "not a PEM certificate (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
     }
-    if (type == "flag") return (v ~ /^--[a-z0-9][a-z0-9-]*(=.*)?$/) ? "" : "not a flag (--name or --name=value)"
+    if (type == "flag") return check_flag(v)
     if (type == "path") {
         if (v !~ /^\/[A-Za-z0-9._@+\/-]*[A-Za-z0-9._@+-]$/ || index(v, "//") || index(v, "/./") || index(v, "/../") || v ~ /\/\.$/ || v ~ /\/\.\.$/) return "not a clean absolute path"
         for (i = 1; i <= ndirs; i++) if (substr(v, 1, length(dirs[i]) + 1) == dirs[i] "/") return ""
@@ -531,6 +533,71 @@ function validate(    i, path, norm, type, k, key, pat, name, msg, kind, p, dhcp
                 diag("ERROR", n_line[present], missing, "portainer_edge_id and portainer_edge_key must be given together")
             }
         }
+    }
+    check_flag_repeats()
+}
+
+# ---------------------------------------------------------------------------------------------
+# KubeSolo's flags (files/kubesolo-flags.yml, rendered into the schema file as
+#   F<TAB>name<TAB>type<TAB>boot   BT<TAB>true word   BF<TAB>false word)
+# The items of kubesolo.flags: the same rules as module_utils/cloudinit.py (check_flag,
+# check_flag_repeats) and stage 90's argument builder (ksi_kubesolo_args in functions.sh).
+# ---------------------------------------------------------------------------------------------
+
+function load_flag_row(sf) {
+    if (sf[1] == "F") {
+        fl_type[sf[2]] = sf[3]
+        fl_boot[sf[2]] = sf[4]
+        if (sf[4] == "1") fl_known = fl_known (fl_known == "" ? "" : ", ") "--" sf[2]
+    } else if (sf[1] == "BT") {
+        fl_true[sf[2]] = 1
+    } else if (sf[1] == "BF") {
+        fl_false[sf[2]] = 1
+    }
+}
+
+# The table name an item sets (--no-x sets x); "" when the item names no known flag.
+function flag_base(v,    name, eq) {
+    if (substr(v, 1, 2) != "--") return ""
+    name = substr(v, 3)
+    eq = index(name, "=")
+    if (eq > 0) name = substr(name, 1, eq - 1)
+    if (name in fl_type) return name
+    if (substr(name, 1, 3) == "no-" && fl_type[substr(name, 4)] == "bool") return substr(name, 4)
+    return ""
+}
+
+function check_flag(v,    name, eq, given, base, low) {
+    if (substr(v, 1, 2) != "--") return "not a KubeSolo flag (--name or --name=value)"
+    name = substr(v, 3)
+    eq = index(name, "=")
+    given = ""
+    if (eq > 0) {
+        given = substr(name, eq + 1)
+        name = substr(name, 1, eq - 1)
+    }
+    if (name !~ /^[a-z0-9][a-z0-9-]*$/) return "not a KubeSolo flag (--name or --name=value)"
+    base = flag_base(v)
+    if (base == "") return "unknown KubeSolo flag --" name "; known flags: " fl_known
+    if (fl_boot[base] != "1") return "--" name " makes KubeSolo print and exit: not allowed at boot"
+    if (fl_type[base] == "bool") {
+        if (base != name && eq > 0) return "--" name " takes no value"
+        low = tolower(given)
+        if (eq > 0 && !(low in fl_true) && !(low in fl_false)) return "--" name " is a boolean: write --" name ", --no-" name " or --" name "=true|false"
+        return ""
+    }
+    if (eq == 0) return "--" name " needs a value: write --" name "=VALUE"
+    if (fl_type[base] == "int" && given !~ /^-?[0-9]+$/) return "--" name " needs a whole number"
+    return ""
+}
+
+function check_flag_repeats(    i, base, seen_flag) {
+    for (i = 1; i <= nn; i++) {
+        if (n_path[i] !~ /^kubesolo[.]flags[[][0-9]+[]]$/ || under(n_path[i])) continue
+        if ((n_kind[i] != "P" && n_kind[i] != "Q") || check_flag(n_val[i]) != "") continue
+        base = flag_base(n_val[i])
+        if (base in seen_flag) diag("ERROR", n_line[i], n_path[i], "--" base " is given more than once")
+        seen_flag[base] = 1
     }
 }
 

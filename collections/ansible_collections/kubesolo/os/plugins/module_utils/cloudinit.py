@@ -383,7 +383,7 @@ def check_value(kind: str, type_name: str, value: str, schema: dict[str, Any]) -
         ok = (lines[0] == "-----BEGIN CERTIFICATE-----" and "-----END CERTIFICATE-----" in lines[1:])
         return "" if ok else "not a PEM certificate (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
     if type_name == "flag":
-        return "" if re.match(r"^--[a-z0-9][a-z0-9-]*(=.*)?$", value) else "not a flag (--name or --name=value)"
+        return check_flag(value, schema["kubesolo_flags"])
     if type_name == "path":
         if not re.match(r"^/[A-Za-z0-9._@+/-]*[A-Za-z0-9._@+-]$", value) or "//" in value or "/./" in value \
                 or "/../" in value or value.endswith("/.") or value.endswith("/.."):
@@ -397,15 +397,89 @@ def check_value(kind: str, type_name: str, value: str, schema: dict[str, Any]) -
     return f"unknown type {type_name}"
 
 
-def load_schema(data: dict[str, Any]) -> dict[str, Any]:
-    """Checks and indexes a schema loaded from files/cloud-init-schema.yml."""
+def load_schema(data: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Checks and indexes a schema loaded from files/cloud-init-schema.yml, with KubeSolo's flag table
+    loaded from files/kubesolo-flags.yml (the items of kubesolo.flags are checked against it)."""
     keys: dict[str, dict[str, Any]] = {}
     for entry in data["keys"]:
         if entry["type"] not in CONTAINER_TYPES + VALUE_TYPES:
             raise ValueError(f"schema key {entry['key']}: unknown type {entry['type']}")
         keys[entry["key"]] = entry
     return {"keys": keys, "persistent_dirs": list(data["persistent_dirs"]),
-            "mandatory_no_proxy": list(data.get("mandatory_no_proxy", []))}
+            "mandatory_no_proxy": list(data.get("mandatory_no_proxy", [])),
+            "kubesolo_flags": load_flags(flags)}
+
+
+# ---------------------------------------------------------------------------------------------
+# KubeSolo's flags (files/kubesolo-flags.yml): the items of kubesolo.flags. Same rules as the awk
+# side (check_flag, check_flag_repeats) and as stage 90's argument builder (ksi_kubesolo_args).
+# ---------------------------------------------------------------------------------------------
+
+FLAG_TYPES = ("bool", "string", "int")
+FLAG_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def load_flags(data: dict[str, Any]) -> dict[str, Any]:
+    """Checks and indexes KubeSolo's flag table (files/kubesolo-flags.yml)."""
+    table: dict[str, dict[str, Any]] = {}
+    for entry in data["kubesolo_flags"]:
+        if entry["type"] not in FLAG_TYPES or not FLAG_NAME_RE.match(entry["name"]):
+            raise ValueError(f"KubeSolo flag {entry.get('name')!r}: bad name or type {entry.get('type')!r}")
+        table[entry["name"]] = entry
+    return {"table": table,
+            "true": [str(w).lower() for w in data["bool_true"]],
+            "false": [str(w).lower() for w in data["bool_false"]],
+            "known": ", ".join("--" + n for n, e in table.items() if e["boot"])}
+
+
+def flag_base(value: str, flags: dict[str, Any]) -> str:
+    """The table name an item sets (--no-x sets x); '' when the item names no known flag."""
+    name = value[2:].partition("=")[0] if value.startswith("--") else ""
+    if name in flags["table"]:
+        return name
+    if name.startswith("no-") and flags["table"].get(name[3:], {}).get("type") == "bool":
+        return name[3:]
+    return ""
+
+
+def check_flag(value: str, flags: dict[str, Any]) -> str:
+    """'' when value is one argument KubeSolo accepts at boot, else what is wrong (never the value)."""
+    name, equals, given = value[2:].partition("=") if value.startswith("--") else ("", "", "")
+    if not FLAG_NAME_RE.match(name):
+        return "not a KubeSolo flag (--name or --name=value)"
+    base = flag_base(value, flags)
+    if base == "":
+        return f"unknown KubeSolo flag --{name}; known flags: {flags['known']}"
+    entry = flags["table"][base]
+    if not entry["boot"]:
+        return f"--{name} makes KubeSolo print and exit: not allowed at boot"
+    if entry["type"] == "bool":
+        if base != name and equals:
+            return f"--{name} takes no value"
+        if equals and given.lower() not in flags["true"] + flags["false"]:
+            return f"--{name} is a boolean: write --{name}, --no-{name} or --{name}=true|false"
+        return ""
+    if not equals:
+        return f"--{name} needs a value: write --{name}=VALUE"
+    if entry["type"] == "int" and not re.match(r"^-?[0-9]+$", given):
+        return f"--{name} needs a whole number"
+    return ""
+
+
+def check_flag_repeats(nodes: list[Node], flags: dict[str, Any], skipped: list[str]) -> list[Diagnostic]:
+    """An ERROR for each item of kubesolo.flags that sets a flag an earlier item set already."""
+    out: list[Diagnostic] = []
+    seen: set[str] = set()
+    for node in nodes:
+        if not re.match(r"^kubesolo\.flags\[[0-9]+\]$", node.path) or _under(node.path, skipped):
+            continue
+        if node.kind not in ("P", "Q") or check_flag(node.value, flags):
+            continue
+        base = flag_base(node.value, flags)
+        if base in seen:
+            out.append(Diagnostic("ERROR", node.line, node.path, f"--{base} is given more than once"))
+        seen.add(base)
+    return out
 
 
 def _under(path: str, prefixes: list[str]) -> bool:
@@ -488,6 +562,7 @@ def validate(nodes: list[Node], schema: dict[str, Any]) -> list[Diagnostic]:
                 missing = p + (".portainer_edge_key" if has_id else ".portainer_edge_id")
                 out.append(Diagnostic("ERROR", present.line, missing,
                                       "portainer_edge_id and portainer_edge_key must be given together"))
+    out += check_flag_repeats(nodes, schema["kubesolo_flags"], skipped)
     out.sort(key=lambda d: d.line)
     return out
 

@@ -18,6 +18,9 @@ description:
     boot-time parser of the image, so a file this module accepts is accepted at boot and the other way round.
   - Fails, naming the key and the line, when the file has a syntax error, a value of the wrong type, or
     keys that break a rule (for example an interface with both name and mac). Unknown keys are warnings.
+  - Each item of C(kubesolo.flags) must be a flag KubeSolo has (an unknown one is refused with the list of
+    known flags), C(--name), C(--no-name) or C(--name=true|false) for a boolean, C(--name=VALUE) for a string
+    or number, and each flag may be given once.
   - Secret values (Portainer Edge id and key, file contents) are never part of a message.
 author:
   - KubeSolo OS developers (@kubesolo-os)
@@ -35,6 +38,12 @@ options:
       - The schema file (files/cloud-init-schema.yml of the project).
     type: path
     required: true
+  flags:
+    description:
+      - KubeSolo's flag table (files/kubesolo-flags.yml of the project), against which the items of
+        C(kubesolo.flags) are checked (unknown flags, booleans, flags without a value, repeats).
+      - Default is C(kubesolo-flags.yml) in the directory of O(schema).
+    type: path
   fail_on_warnings:
     description:
       - Fail on unknown keys too.
@@ -63,6 +72,7 @@ EXAMPLES = r"""
   kubesolo.os.cloudinit_validate:
     content: "{{ lookup('ansible.builtin.template', 'cloud-init.yaml.j2') }}"
     schema: files/cloud-init-schema.yml
+    flags: files/kubesolo-flags.yml
     fail_on_warnings: true
   register: validation
 """
@@ -103,6 +113,7 @@ key_paths:
   sample: ["hostname", "network", "network.interfaces"]
 """
 
+import os
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -120,6 +131,7 @@ def run_module() -> None:
             "path": {"type": "path"},
             "content": {"type": "str"},
             "schema": {"type": "path", "required": True},
+            "flags": {"type": "path"},
             "fail_on_warnings": {"type": "bool", "default": False},
         },
         required_one_of=[("path", "content")],
@@ -129,11 +141,14 @@ def run_module() -> None:
     params: dict[str, Any] = module.params
     if yaml is None:
         module.fail_json(msg="PyYAML is required to read the schema")
+    flags_file = params["flags"] or os.path.join(os.path.dirname(params["schema"]), "kubesolo-flags.yml")
     try:
         with open(params["schema"], encoding="utf-8") as handle:
-            schema = load_schema(yaml.safe_load(handle))
+            schema_data = yaml.safe_load(handle)
+        with open(flags_file, encoding="utf-8") as handle:
+            schema = load_schema(schema_data, yaml.safe_load(handle))
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
-        module.fail_json(msg=f"cannot load the schema {params['schema']}: {exc}")
+        module.fail_json(msg=f"cannot load the schema {params['schema']} and flag table {flags_file}: {exc}")
     source = params["path"] or "content"
     if params["path"]:
         try:
