@@ -16,6 +16,7 @@ import pytest
 import vmctl
 from conftest import REPO, ROOT_PASSWORD, ansible_playbook, role_defaults
 from guest import assert_kubesolo_alive
+from test_container_runtime import PIVOT_PROBE
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +60,9 @@ def assert_left_rootfs(host) -> str:
                      if line.split()[4] == "/")
     mount_id, parent_id = root_line.split()[:2]
     assert mount_id != parent_id, f"/ is still the initramfs rootfs: {root_line}"
+    # And pivot_root(2) itself works there (EINVAL on the rootfs), as runc needs it.
+    probe = host.run(PIVOT_PROBE)
+    assert "pivot-root-works" in probe.stdout, probe.stdout + probe.stderr
     return root_line
 
 

@@ -339,6 +339,8 @@ write_files:
   - path: /etc/kubesolo/hello.txt
     permissions: "0640"
     content: hello from cloud-init
+  - path: /etc/kubesolo/containerd/config.toml
+    content: "version = 2 # from cloud-init"
 kubesolo:
   config: |
     local-storage: true
@@ -374,6 +376,8 @@ kubesolo:
     assert ca.splitlines()[1] in vm.ssh("cat /etc/ssl/certs/ca-certificates.crt").stdout
     assert vm.ssh("cat /etc/kubesolo/hello.txt").stdout == "hello from cloud-init"
     assert vm.ssh("stat -c %a /etc/kubesolo/hello.txt /etc/kubesolo/config.yaml").stdout.split() == ["640", "600"]
+    # A containerd config from write_files is a drop-in of KubeSolo's containerd on this very boot (stage 80).
+    assert vm.ssh("cat /etc/containerd/config.d/kubesolo-os-custom.toml").stdout == "version = 2 # from cloud-init"
     # Cloud-init's flags, booleans translated as KubeSolo's kingpin needs them, replacing the built-in one.
     from test_boot import double_args
     assert double_args(text) == ["--path=/var/lib/kubesolo", "--no-local-storage", "--apiserver-extra-sans=ci-node-01",
