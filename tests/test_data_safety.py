@@ -1,0 +1,102 @@
+"""Data safety of the boot's own writes (issue 15): what the init writes on KSOLODATA.
+
+Item 3: with a full data partition, the KubeSolo config, write_files and the saved hostname keep their
+old content (never 0 bytes) and each failed write is a [WARN]. The real stage code (rendered by the init
+role) runs under the host's busybox on a real, full ext4 file system mounted at /etc/kubesolo inside a
+private mount and UTS namespace (so the host's /etc and hostname are never touched).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_init_shell import _run_role
+
+BUSYBOX = shutil.which("busybox")
+LIBDIR = "usr/lib/kubesolo-os"
+
+pytestmark = pytest.mark.skipif(BUSYBOX is None or shutil.which("unshare") is None,
+                                reason="needs busybox and unshare")
+
+
+@pytest.fixture(scope="module")
+def layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("init-role-safety")
+    _run_role(workdir, workdir / "layers")
+    return workdir / "layers" / "init"
+
+
+OLD = {"config.yaml": "old: config\n", "hostname": "old-name\n", "motd": "old motd\n"}
+CLOUD_INIT = """hostname: new-name
+write_files:
+  - path: /etc/kubesolo/motd
+    content: |
+      a new message of the day that does not fit
+kubesolo:
+  config: |
+    new: config
+"""
+
+
+def test_full_data_partition_keeps_the_old_files_and_warns(layer: Path, tmp_path: Path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name, text in OLD.items():
+        (tree / name).write_text(text)
+    image = tmp_path / "data.ext4"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "1024", "-m", "0", "-d", str(tree), str(image), "2M"],
+                   check=True, capture_output=True, timeout=60)
+    (tmp_path / "ci.yaml").write_text(CLOUD_INIT)
+    lib = layer / LIBDIR
+    script = f"""
+. "{lib}/functions.sh"
+KSI_LIBDIR="{lib}"
+KSI_RUNDIR="{tmp_path}/run"
+mkdir -p "$KSI_RUNDIR"
+. "{lib}/cloud-init.sh"
+KSI_CI_FLAT="$KSI_RUNDIR/flat"
+ksi_ci_check "{tmp_path}/ci.yaml" "$KSI_CI_FLAT" ci.yaml || echo INVALID
+ksi_ci_files
+ksi_ci_kubesolo
+KUBESOLO_IFACE=lo
+. "{lib}/init.d/60-hostname.sh"
+"""
+    (tmp_path / "script.sh").write_text(script)
+    inner = (f"mount -t tmpfs none /etc && mkdir /etc/kubesolo && mount -o loop {image} /etc/kubesolo && "
+             # Fill the file system completely (root's reserve is 0: -m 0).
+             "(dd if=/dev/zero of=/etc/kubesolo/filler bs=1k 2>/dev/null; true) && "
+             f"df -k /etc/kubesolo >&2; {BUSYBOX} sh {tmp_path}/script.sh; umount /etc/kubesolo")
+    result = subprocess.run(["unshare", "-m", "-u", "--propagation", "private", "sh", "-c", inner],
+                            capture_output=True, text=True, timeout=120, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                                                "KSI_LOG_CONSOLES": ""}, check=False)
+    assert "INVALID" not in result.stdout, result.stderr
+    log = result.stderr
+    assert "[WARN] cloud-init line 3: write_files[0]: cannot write /etc/kubesolo/motd" in log, log
+    assert "[WARN] cloud-init: cannot write /etc/kubesolo/config.yaml" in log, log
+    assert "[WARN] Cannot save the hostname to /etc/kubesolo/hostname" in log, log
+    assert "wrote /etc/kubesolo" not in log and "Saved the hostname" not in log
+    # The file system: every old file intact, no temporary file left behind, and it is clean.
+    for name, text in OLD.items():
+        content = subprocess.run(["debugfs", "-R", f"cat /{name}", str(image)], capture_output=True, text=True,
+                                 check=True).stdout
+        assert content == text, name
+    listing = subprocess.run(["debugfs", "-R", "ls -p /", str(image)], capture_output=True, text=True,
+                             check=True).stdout
+    assert ".new" not in listing, listing
+    subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, check=True)
+
+
+def test_atomic_write_replaces_the_file_when_there_is_room(layer: Path, tmp_path: Path):
+    target = tmp_path / "dir" / "file"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    script = (f'. "{layer / LIBDIR}/functions.sh"; KSI_RUNDIR="{tmp_path}/run"; '
+              f'printf "new\\n" | ksi_write_atomic "{target}" 0640; echo "rc=$?"')
+    result = subprocess.run([BUSYBOX, "sh", "-c", script], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "KSI_LOG_CONSOLES": ""}, check=False)
+    assert result.stdout.strip() == "rc=0", result.stderr
+    assert target.read_text() == "new\n" and target.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in target.parent.iterdir()) == ["file"]
