@@ -276,7 +276,7 @@ def test_shell_network_failure_is_rolled_back(ci_layer: Path, tmp_path: Path):
         "ip link set lo up",
         "ip addr add 10.9.0.5/24 dev lo",
         "ip addr add 10.9.0.6/24 dev lo",
-        "ip route add default via 192.0.2.1 dev lo",
+        "ip route add default via 192.0.2.1 dev lo onlink",
         "ip addr del 10.9.0.6/24 dev lo",
         "ip addr del 10.9.0.5/24 dev lo",
     ]

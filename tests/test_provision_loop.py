@@ -80,7 +80,7 @@ def test_blank_disk_provisioned_then_second_run_changes_nothing(loops, tmp_path)
     assert blkid(part)["LABEL"] == "KSOLODATA" and blkid(part)["PART_ENTRY_NAME"] == "KSOLODATA"
     assert blkid(disk)["PTTYPE"] == "gpt"
     assert read_data(tmp_path, part, "etc-kubesolo/hostname") == "loop-node\n"
-    assert "udhcpc" in read_data(tmp_path, part, "network/interfaces.sh")
+    assert "dhcp: true" in read_data(tmp_path, part, "network/network.yaml")
     mnt = tmp_path / "mnt"
     sh("mount", "-o", "ro", part, str(mnt))
     try:
@@ -190,3 +190,55 @@ def test_grow_only_when_asked(loops, tmp_path):
     assert size * 512 > 550 * 1024 * 1024
     rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
     assert result["summary"]["status"] == "ok" and "growable_bytes" not in result["result"], out
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 15: typed role inputs (item 12), saved network settings as data (item 7)
+# --------------------------------------------------------------------------------------------
+
+def test_wrong_input_types_are_errors_naming_the_variable(loops, tmp_path):
+    disk = loops.add()
+    rc, result, out = provision(tmp_path, [disk], ksolodata_network={"mode": "static", "interface": "eth0",
+                                                                     "address": "10.0.0.5/24",
+                                                                     "dns": "10.0.0.1,10.0.0.2"})
+    assert result["summary"]["status"] == "failed", out
+    assert "ksolodata_network.dns must be a list of strings" in result["summary"]["msg"]
+    rc, result, out = provision(tmp_path, [disk], ksolodata_hostname=5, ksolodata_candidates=disk,
+                                ksolodata_network={"mode": "dhcp", "mtu": "1500"})
+    msg = result["summary"]["msg"]
+    assert "ksolodata_hostname must be a string, not a int" in msg, out
+    assert "ksolodata_candidates must be a list of strings, not a str" in msg
+    assert "ksolodata_network.mtu is not a known key" in msg
+    assert blkid(disk) == {}, "a refused run touched the disk"
+
+
+def test_network_settings_saved_as_validated_data_and_old_script_removed(loops, tmp_path):
+    disk = loops.add()
+    assert provision(tmp_path, [disk])[0] == 0
+    part = f"{disk}p1"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    sh("mount", part, str(mnt))
+    try:
+        (mnt / "network" / "interfaces.sh").write_text("KUBESOLO_IFACE=eth0\nreturn 0\n")
+    finally:
+        sh("umount", str(mnt))
+    network = {"mode": "static", "address": "203.0.113.7/32", "gateway": "172.31.1.1", "dns": ["185.12.64.1"]}
+    rc, result, out = provision(tmp_path, [disk], ksolodata_network=network, ksolodata_update_config=True)
+    assert rc == 0 and result["summary"]["status"] == "changed", out
+    saved = read_data(tmp_path, part, "network/network.yaml")
+    assert "    - addresses: [203.0.113.7/32]\n      gateway: 172.31.1.1\n      dns: [185.12.64.1]\n" in saved
+    from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
+
+    schema = cloudinit.load_schema(yaml.safe_load((REPO / "files" / "cloud-init-schema.yml").read_text()))
+    assert cloudinit.check(saved.encode(), schema).valid
+    assert "remove network/interfaces.sh" in result["summary"]["plan"]
+    sh("mount", "-o", "ro", part, str(mnt))
+    try:
+        assert not (mnt / "network" / "interfaces.sh").exists()
+    finally:
+        sh("umount", str(mnt))
+    # An invalid address is refused by the boot's own rules before anything is written.
+    rc, result, out = provision(tmp_path, [disk], ksolodata_network=dict(network, address="203.0.113.7/33"),
+                                ksolodata_update_config=True)
+    assert result["summary"]["status"] == "failed" and "network.interfaces[0].addresses[0]" in out, out

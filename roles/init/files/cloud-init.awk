@@ -547,7 +547,12 @@ function validate(    i, path, norm, type, k, key, pat, name, msg, kind, p, dhcp
         norm = p
         gsub(/\[[0-9]+\]/, "[]", norm)
         if (norm == "network.interfaces[]") {
-            if (((p ".name") in bypath) == ((p ".mac") in bypath)) diag("ERROR", n_line[i], p, "needs exactly one of name or mac")
+            if (((p ".name") in bypath) && ((p ".mac") in bypath)) diag("ERROR", n_line[i], p, "give name or mac, not both")
+            else if (!((p ".name") in bypath) && !((p ".mac") in bypath)) {
+                # Neither: the primary interface stage 50 picks; only one entry can mean it.
+                if (primary_seen) diag("ERROR", n_line[i], p, "only one interface may leave out both name and mac (the primary one)")
+                primary_seen = 1
+            }
             dhcp = ((p ".dhcp") in bypath) ? bypath[p ".dhcp"] : 0
             if (dhcp && n_val[dhcp] == "true" && n_kind[dhcp] == "P") {
                 subs[1] = "addresses"

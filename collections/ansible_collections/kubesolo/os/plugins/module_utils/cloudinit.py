@@ -471,14 +471,21 @@ def validate(nodes: list[Node], schema: dict[str, Any]) -> list[Diagnostic]:
         if message:
             out.append(Diagnostic("ERROR", node.line, node.path, message))
     # Rules that involve several keys.
+    primary_seen = False
     for node in nodes:
         if node.kind != "M" or node.path in hidden:
             continue
         norm = INDEX_RE.sub("[]", node.path)
         p = node.path
         if norm == "network.interfaces[]":
-            if (p + ".name" in by_path) == (p + ".mac" in by_path):
-                out.append(Diagnostic("ERROR", node.line, p, "needs exactly one of name or mac"))
+            if p + ".name" in by_path and p + ".mac" in by_path:
+                out.append(Diagnostic("ERROR", node.line, p, "give name or mac, not both"))
+            elif p + ".name" not in by_path and p + ".mac" not in by_path:
+                # Neither: the primary interface stage 50 picks; only one entry can mean it.
+                if primary_seen:
+                    out.append(Diagnostic("ERROR", node.line, p,
+                                          "only one interface may leave out both name and mac (the primary one)"))
+                primary_seen = True
             dhcp = by_path.get(p + ".dhcp")
             if dhcp is not None and dhcp.value == "true" and dhcp.kind == "P":
                 for sub in ("addresses", "gateway"):

@@ -498,10 +498,17 @@ def _redact(content: bytes) -> str:
 
 
 def config_changes(files: list[dict[str, Any]], dirs: list[dict[str, str]],
-                   state: tuple[dict[str, tuple[str, bytes]], dict[str, str]]) -> list[dict[str, Any]]:
-    """Which directories to create and files to write; each change carries a diff (secrets redacted)."""
+                   state: tuple[dict[str, tuple[str, bytes]], dict[str, str]],
+                   remove: list[str] | None = None) -> list[dict[str, Any]]:
+    """Which directories to create, files to write and files to remove; each change carries a diff
+    (secrets redacted)."""
     have_files, have_dirs = state
     changes: list[dict[str, Any]] = []
+    for path in remove or []:
+        if path in have_files:
+            changes.append({"kind": "remove", "path": path, "mode": have_files[path][0], "state": "remove",
+                            "diff": {"before_header": path, "after_header": path,
+                                     "before": have_files[path][1].decode("utf-8", "replace"), "after": ""}})
     for entry in dirs:
         if entry["path"] not in have_dirs:
             changes.append({"kind": "dir", "path": entry["path"], "mode": entry["mode"],
@@ -569,6 +576,7 @@ def provision(run: Callable[[str], tuple[int, str, str]], params: dict[str, Any]
     update = decision.action == "create" or bool(params.get("update_config"))
     files = params.get("files") or []
     dirs = params.get("directories") or []
+    remove = list(params.get("remove_files") or [])
     executed: list[str] = []
     diffs: list[dict[str, Any]] = []
 
@@ -593,10 +601,11 @@ def provision(run: Callable[[str], tuple[int, str, str]], params: dict[str, Any]
                              f"mkdir -p {_q(mount_dir)} && mount -t ext4 -o {opts} {decision.partition} {_q(mount_dir)}"
                              " 2>&1"), [])
             mounted_here = True
-        rc, out, err = run(file_state_command(mount_dir, [f["path"] for f in files], [d["path"] for d in dirs]))
+        rc, out, err = run(file_state_command(mount_dir, [f["path"] for f in files] + remove,
+                                              [d["path"] for d in dirs]))
         if rc != 0:
             raise KsolodataError(f"Cannot read the configuration on {decision.partition}: {err.strip()}")
-        changes = config_changes(files, dirs, parse_file_state(out))
+        changes = config_changes(files, dirs, parse_file_state(out), remove)
         diffs = [c["diff"] for c in changes]
         if not update:
             result["config_drift"] = [c["path"] for c in changes]
@@ -606,6 +615,8 @@ def provision(run: Callable[[str], tuple[int, str, str]], params: dict[str, Any]
                 if change["kind"] == "dir":
                     command = f"mkdir -p {_q(mount_dir + '/' + change['path'])} && chmod {change['mode']} " \
                               f"{_q(mount_dir + '/' + change['path'])}"
+                elif change["kind"] == "remove":
+                    command = f"rm -f {_q(mount_dir + '/' + change['path'])}"
                 else:
                     command = write_file_command(mount_dir, change["path"], change["content"], change["mode"])
                 _check(run, Step(f"{'create' if change['kind'] == 'dir' else change['state']} {change['path']}",
@@ -634,6 +645,8 @@ def _describe(changes: list[dict[str, Any]]) -> list[str]:
     for change in changes:
         if change["kind"] == "dir":
             out.append(f"create directory {change['path']} ({change['mode']})")
+        elif change["kind"] == "remove":
+            out.append(f"remove {change['path']}")
         else:
             out.append(f"{change['state']} {change['path']} ({change['mode']})")
     return out
