@@ -100,3 +100,65 @@ def test_atomic_write_replaces_the_file_when_there_is_room(layer: Path, tmp_path
     assert result.stdout.strip() == "rc=0", result.stderr
     assert target.read_text() == "new\n" and target.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in target.parent.iterdir()) == ["file"]
+
+
+# --------------------------------------------------------------------------------------------
+# Item 7: the old network/interfaces.sh is data to migrate, never a script to run
+# --------------------------------------------------------------------------------------------
+LEGACY = Path(__file__).parent / "fixtures" / "legacy-network"  # exactly what the old ksolodata role wrote
+
+
+def migrate(layer: Path, tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    legacy = tmp_path / "interfaces.sh"
+    legacy.write_bytes(text.encode())
+    lib = layer / LIBDIR
+    script = (f'. "{lib}/functions.sh"; KSI_LIBDIR="{lib}"; KSI_RUNDIR="{tmp_path}"; . "{lib}/cloud-init.sh"; '
+              f'ksi_net_migrate "{legacy}"')
+    return subprocess.run([BUSYBOX, "sh", "-c", script], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "KSI_LOG_CONSOLES": ""}, check=False)
+
+
+def _data(text: str) -> dict:
+    from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
+    from conftest import REPO
+    import yaml
+
+    schema = cloudinit.load_schema(yaml.safe_load((REPO / "files" / "cloud-init-schema.yml").read_text()))
+    result = cloudinit.check(text.encode(), schema)
+    assert result.valid, result.flat()
+    return result.data()
+
+
+def test_migrates_what_the_old_role_wrote_even_with_crlf(layer: Path, tmp_path: Path):
+    text = (LEGACY / "static.sh").read_text()
+    for variant in (text, text.replace("\n", "\r\n")):
+        result = migrate(layer, tmp_path, variant)
+        assert result.returncode == 0, result.stderr
+        assert _data(result.stdout) == {"network": {"interfaces": [
+            {"name": "eth0", "addresses": ["10.0.2.15/24"], "gateway": "10.0.2.2", "dns": ["10.0.2.3", "10.0.2.4"]}]}}
+    # The interface left to stage 50's choice becomes the primary entry (no name).
+    picked = text.replace("KUBESOLO_IFACE=eth0", "KUBESOLO_IFACE=$(ksi_net_pick) || return 1")
+    result = migrate(layer, tmp_path, picked)
+    assert _data(result.stdout)["network"]["interfaces"] == [
+        {"addresses": ["10.0.2.15/24"], "gateway": "10.0.2.2", "dns": ["10.0.2.3", "10.0.2.4"]}]
+    # DHCP on the picked interface is the default: nothing to write.
+    result = migrate(layer, tmp_path, (LEGACY / "dhcp.sh").read_text())
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    named = (LEGACY / "dhcp.sh").read_text().replace("KUBESOLO_IFACE=$(ksi_net_pick) || return 1", "KUBESOLO_IFACE=eth1")
+    assert _data(migrate(layer, tmp_path, named).stdout) == {"network": {"interfaces": [{"name": "eth1", "dhcp": "true"}]}}
+
+
+@pytest.mark.parametrize("text, line", [
+    # Hand-written scripts: never run, never migrated; the first foreign line is named.
+    ("ip addr add 10.0.2.15/24 dev eth0\nreturn 0\n", 1),
+    ("KUBESOLO_IFACE=eth0\r\nip link set \"$KUBESOLO_IFACE\" up || return 1\r\nif [ \"$x\" -eq 1\r\n", 3),
+    ("KUBESOLO_IFACE='unterminated\n", 1),
+    ("KUBESOLO_IFACE=eth0\ntouch /run/pwned\nreturn 0\n", 2),
+    ("KUBESOLO_IFACE=eth0;reboot\n", 1),
+    ("echo \"nameserver 1.1.1.1\" >>/etc/resolv.conf\nreturn 0\n", 0),  # neither static nor DHCP
+])
+def test_anything_else_is_refused_without_running_it(layer: Path, tmp_path: Path, text: str, line: int):
+    result = migrate(layer, tmp_path, text)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == str(line)
+    assert not Path("/run/pwned").exists()
