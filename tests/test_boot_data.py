@@ -71,7 +71,9 @@ def test_interfaces_script_of_the_old_role_is_migrated_to_data(boot, tmp_path):
     vm.wait_exit(timeout=90)
     saved = debugfs(disk, "cat /network/network.yaml")
     assert "    - name: eth0\n      addresses: [10.0.2.15/24]\n      gateway: 10.0.2.2\n" in saved
-    assert debugfs(disk, "cat /network/interfaces.sh.migrated").encode() == legacy
+    migrated = subprocess.run(["debugfs", "-R", "cat /network/interfaces.sh.migrated", str(disk)], capture_output=True,
+                              check=True).stdout
+    assert migrated == legacy
     assert "interfaces.sh " not in debugfs(disk, "ls -l /network") + " "
 
 
@@ -85,7 +87,9 @@ def test_two_data_partitions_are_refused_naming_both(boot, tmp_path):
                    r"\[ERROR\] Stage 20-persistent-mount\.sh failed", errors_fail=False, timeout=240)
     line = re.search(r"\[ERROR\] Several devices match LABEL=KSOLODATA: (.*)", text).group(1)
     assert f"/dev/vda (UUID={uuids[0]}, 256 MiB)" in line and f"/dev/vdb (UUID={uuids[1]}, 256 MiB, read-only)" in line
-    assert f"boot with kubesolo.data=UUID={uuids[0]} or kubesolo.data=UUID={uuids[1]}" in line
+    assert re.search(r"boot with kubesolo\.data=UUID=(\S+) or kubesolo\.data=UUID=(\S+), or remove the label", line)
+    assert set(re.search(r"boot with kubesolo\.data=UUID=(\S+) or kubesolo\.data=UUID=(\S+),", line).groups()) == \
+        set(uuids)
     assert vmctl.SUCCESS_MARKER not in vm.log and "Mounted /dev/vd" not in vm.log
     vm.stop()
     for disk in (first, second):
@@ -99,3 +103,29 @@ def test_read_only_data_device_is_reported_as_read_only(boot, tmp_path):
             r"checked or mounted\. Make it writable, or boot with kubesolo\.nopersist to run from RAM",
             r"\[ERROR\] Stage 20-persistent-mount\.sh failed", errors_fail=False, timeout=240)
     assert "e2fsck found errors" not in vm.log
+
+
+def test_max_size_cloud_init_parses_in_seconds_under_tcg(boot, tmp_path):
+    """Item 13: the boot's own parser (the image's busybox awk) on maximum-size worst cases, timed in the
+    guest under TCG. The largest one is also the node's cloud-init file, so the boot itself parses it."""
+    from test_cloudinit import MAX_BYTES, WORST_CASES
+
+    files = {f"{name}.yaml": WORST_CASES[name]().encode() for name in sorted(WORST_CASES)}
+    files["cloud-init.yaml"] = files["block.yaml"]
+    disk = disk_with(tmp_path, "bigci", files)
+    vm = boot("bigci", disks=(disk,), append="kubesolo.data=LABEL=KSOLODATA")
+    vm.wait_booted(timeout=400)
+    assert "[OK] Cloud-init configuration /mnt/data/cloud-init.yaml is valid" in vm.log
+    vm.wait_ssh()
+    lib = "/usr/lib/kubesolo-os"
+    report = []
+    for name in sorted(WORST_CASES):
+        path = f"/mnt/data/{name}.yaml"
+        out = vm.ssh(f"read a _ </proc/uptime; awk -v schema={lib}/cloud-init.schema -v size=$(wc -c <{path}) "
+                     f"-f {lib}/cloud-init.awk {path} >/dev/null; read b _ </proc/uptime; "
+                     "echo \"$a $b\"; wc -c <" + path, timeout=300).stdout.split()
+        seconds = float(out[1]) - float(out[0])
+        assert MAX_BYTES - 4096 < int(out[2]) <= MAX_BYTES
+        report.append(f"{name}: {int(out[2])} bytes in {seconds:.2f} s")
+        assert seconds < 60, report
+    print("boot-time parse of maximum-size files under TCG (image busybox awk): " + "; ".join(report))

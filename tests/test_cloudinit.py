@@ -142,14 +142,17 @@ def _fill(head: str, unit, limit: int = MAX_BYTES) -> str:
 # Worst cases for the old quadratic parser, each just under the maximum size.
 WORST_CASES = {
     # One block value of the whole file (it was concatenated line by line, then escaped char by char).
-    "block": lambda: _fill("write_files:\n  - path: /etc/kubesolo/big\n    content: |\n", lambda i: "      " + "x" * 70 + "\n"),
+    "block": lambda: _fill("write_files:\n  - path: /etc/kubesolo/big\n    content: |\n",
+                           lambda i: "      " + "x" * 70 + "\n"),
     # Thousands of unknown keys (each was compared with every skipped path) and their warnings (sorted
     # by insertion).
-    "unknown-keys": lambda: _fill("write_files:\n", lambda i: f"  - path: /etc/kubesolo/f{i}\n    content: x\n    mode{i}: 1\n"),
+    "unknown-keys": lambda: _fill("write_files:\n",
+                                  lambda i: f"  - path: /etc/kubesolo/f{i}\n    content: x\n    mode{i}: 1\n"),
     # Long double-quoted lines full of escapes (built char by char).
     "quoted": lambda: _fill("sysctls:\n", lambda i: f"  k.v{i}: \"" + "a\\tb\\\\" * 400 + "\"\n"),
     # Many diagnostics on earlier lines (the cross-key rules add them last).
-    "cross-key-errors": lambda: _fill("network:\n  interfaces:\n", lambda i: f"    - name: e{i % 10}\n      mac: 02:00:00:00:00:01\n"),
+    "cross-key-errors": lambda: _fill("network:\n  interfaces:\n",
+                                      lambda i: f"    - name: e{i % 10}\n      mac: 02:00:00:00:00:01\n"),
 }
 
 

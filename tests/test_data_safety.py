@@ -119,9 +119,9 @@ def migrate(layer: Path, tmp_path: Path, text: str) -> subprocess.CompletedProce
 
 
 def _data(text: str) -> dict:
+    import yaml
     from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
     from conftest import REPO
-    import yaml
 
     schema = cloudinit.load_schema(yaml.safe_load((REPO / "files" / "cloud-init-schema.yml").read_text()))
     result = cloudinit.check(text.encode(), schema)
@@ -135,7 +135,8 @@ def test_migrates_what_the_old_role_wrote_even_with_crlf(layer: Path, tmp_path: 
         result = migrate(layer, tmp_path, variant)
         assert result.returncode == 0, result.stderr
         assert _data(result.stdout) == {"network": {"interfaces": [
-            {"name": "eth0", "addresses": ["10.0.2.15/24"], "gateway": "10.0.2.2", "dns": ["10.0.2.3", "10.0.2.4"]}]}}
+            {"name": "eth0", "addresses": ["10.0.2.15/24"], "gateway": "10.0.2.2",
+             "dns": ["10.0.2.3", "10.0.2.4"]}]}}
     # The interface left to stage 50's choice becomes the primary entry (no name).
     picked = text.replace("KUBESOLO_IFACE=eth0", "KUBESOLO_IFACE=$(ksi_net_pick) || return 1")
     result = migrate(layer, tmp_path, picked)
@@ -144,8 +145,10 @@ def test_migrates_what_the_old_role_wrote_even_with_crlf(layer: Path, tmp_path: 
     # DHCP on the picked interface is the default: nothing to write.
     result = migrate(layer, tmp_path, (LEGACY / "dhcp.sh").read_text())
     assert result.returncode == 0 and result.stdout == "", result.stderr
-    named = (LEGACY / "dhcp.sh").read_text().replace("KUBESOLO_IFACE=$(ksi_net_pick) || return 1", "KUBESOLO_IFACE=eth1")
-    assert _data(migrate(layer, tmp_path, named).stdout) == {"network": {"interfaces": [{"name": "eth1", "dhcp": "true"}]}}
+    named = (LEGACY / "dhcp.sh").read_text().replace("KUBESOLO_IFACE=$(ksi_net_pick) || return 1",
+                                                     "KUBESOLO_IFACE=eth1")
+    assert _data(migrate(layer, tmp_path, named).stdout) == {
+        "network": {"interfaces": [{"name": "eth1", "dhcp": "true"}]}}
 
 
 @pytest.mark.parametrize("text, line", [
@@ -162,3 +165,17 @@ def test_anything_else_is_refused_without_running_it(layer: Path, tmp_path: Path
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip() == str(line)
     assert not Path("/run/pwned").exists()
+
+
+@pytest.mark.parametrize("name, valid", [
+    ("a" * 63, True),
+    ("a" * 64, False),  # one label of 64
+    ("a" * 40 + "." + "b" * 23, True),  # 64 in all
+    ("a" * 40 + "." + "b" * 24, False),  # 65 in all: sethostname refuses it
+])
+def test_saved_hostname_longer_than_the_kernel_allows_is_refused(layer: Path, name: str, valid: bool):
+    """Item 10, stage 60's check of a saved name (the parsers' check is in the cloud-init fixtures)."""
+    result = subprocess.run([BUSYBOX, "sh", "-c", f'. "{layer / LIBDIR}/functions.sh"; ksi_valid_hostname "$1"',
+                             "sh", name], capture_output=True, text=True, timeout=30,
+                            env={"PATH": "/usr/bin:/bin", "KSI_LOG_CONSOLES": ""}, check=False)
+    assert (result.returncode == 0) is valid

@@ -198,12 +198,12 @@ def test_grow_only_when_asked(loops, tmp_path):
 
 def test_wrong_input_types_are_errors_naming_the_variable(loops, tmp_path):
     disk = loops.add()
-    rc, result, out = provision(tmp_path, [disk], ksolodata_network={"mode": "static", "interface": "eth0",
+    _rc, result, out = provision(tmp_path, [disk], ksolodata_network={"mode": "static", "interface": "eth0",
                                                                      "address": "10.0.0.5/24",
                                                                      "dns": "10.0.0.1,10.0.0.2"})
     assert result["summary"]["status"] == "failed", out
     assert "ksolodata_network.dns must be a list of strings" in result["summary"]["msg"]
-    rc, result, out = provision(tmp_path, [disk], ksolodata_hostname=5, ksolodata_candidates=disk,
+    _rc, result, out = provision(tmp_path, [disk], ksolodata_hostname=5, ksolodata_candidates=disk,
                                 ksolodata_network={"mode": "dhcp", "mtu": "1500"})
     msg = result["summary"]["msg"]
     assert "ksolodata_hostname must be a string, not a int" in msg, out
@@ -295,8 +295,8 @@ def test_grow_of_a_mounted_ksolodata_never_claims_what_it_did_not_do(loops, tmp_
     sh("mount", part, str(mnt))
     loops.mounts.append(mnt)
     grow_backing(disk, 600 * MIB)
-    for attempt in range(2):
-        rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
+    for _attempt in range(2):
+        _rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
         status, msg = result["summary"]["status"], result["summary"]["msg"]
         part_bytes = int(Path(f"/sys/class/block/{Path(part).name}/size").read_text()) * 512
         assert part_bytes > 590 * MIB, "the partition did not grow"
@@ -312,7 +312,7 @@ def test_grow_of_a_mounted_ksolodata_never_claims_what_it_did_not_do(loops, tmp_
     loops.mounts.remove(mnt)
     sh("e2fsck", "-fn", part)
     # Unmounted, the same run grows the file system offline and reports it.
-    rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
+    _rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
     info = fs_info(part)
     assert result["summary"]["status"] in ("changed", "ok"), out
     assert int(info["Block count"]) * int(info["Block size"]) > 550 * MIB

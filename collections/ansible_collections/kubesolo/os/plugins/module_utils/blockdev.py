@@ -305,6 +305,7 @@ def ext4_grow_script(node: str, mounted: bool, sbin: str = "/sbin") -> str:
     script = f"""P={q}
 S={sbin}
 fail() {{ echo "$*"; exit 1; }}
+tail_of() {{ printf '%s' "$out" | tail -n "$1" | tr '\n' ' '; }}
 val() {{ printf '%s\\n' "$INFO" | sed -n "s/^$1:[[:space:]]*//p" | head -n 1; }}
 part_bytes() {{ echo $(( $(cat "/sys/class/block/${{P##*/}}/size") * 512 )); }}
 read_info() {{ INFO=$("$S/tune2fs" -l "$P" 2>&1) || fail "tune2fs -l $P failed: $INFO"; }}
@@ -312,12 +313,13 @@ read_info() {{ INFO=$("$S/tune2fs" -l "$P" 2>&1) || fail "tune2fs -l $P failed: 
     if mounted:
         script += """read_info
 before=$(val 'Block count')
-out=$("$S/resize2fs" "$P" 2>&1) || fail "online resize2fs of $P (mounted) failed: $(printf '%s' "$out" | tail -n 2 | tr '\\n' ' ')"
+out=$("$S/resize2fs" "$P" 2>&1) || fail "online resize2fs of $P (mounted) failed: $(tail_of 2)"
 """
     else:
         script += """"$S/e2fsck" -f -p "$P" >/dev/null 2>&1
 rc=$?
-[ "$rc" -le 1 ] || fail "e2fsck -f -p $P exited $rc: the file system has errors it cannot fix; repair it by hand (e2fsck $P) first"
+[ "$rc" -le 1 ] ||
+    fail "e2fsck -f -p $P exited $rc: the file system has errors it cannot fix; repair it by hand (e2fsck $P) first"
 read_info
 before=$(val 'Block count')
 case $(val 'Filesystem features') in
@@ -339,14 +341,15 @@ case $(val 'Filesystem features') in
         fi
         ;;
 esac
-out=$("$S/resize2fs" "$P" 2>&1) || fail "resize2fs $P failed: $(printf '%s' "$out" | tail -n 2 | tr '\\n' ' ')"
-out=$("$S/e2fsck" -f -n "$P" 2>&1) || fail "e2fsck -f -n $P reports errors after growing: $(printf '%s' "$out" | tail -n 3 | tr '\\n' ' ')"
+out=$("$S/resize2fs" "$P" 2>&1) || fail "resize2fs $P failed: $(tail_of 2)"
+out=$("$S/e2fsck" -f -n "$P" 2>&1) || fail "e2fsck -f -n $P reports errors after growing: $(tail_of 3)"
 """
     script += """read_info
 after=$(val 'Block count')
 bs=$(val 'Block size')
 bpg=$(val 'Blocks per group')
-[ $(( (after + bpg) * bs )) -ge "$(part_bytes)" ] || fail "the file system on $P did not grow to its partition ($after blocks of $bs bytes for $(part_bytes) bytes)"
+[ $(( (after + bpg) * bs )) -ge "$(part_bytes)" ] ||
+    fail "the file system on $P did not grow to its partition ($after blocks of $bs bytes, $(part_bytes) bytes)"
 echo "grew the ext4 file system on $P from $before to $after blocks of $bs bytes"
 """
     return script

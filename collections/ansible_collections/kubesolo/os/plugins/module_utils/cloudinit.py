@@ -289,8 +289,8 @@ class _Parser:
             return
         block = BLOCK_RE.match(rest)
         if block:
-            self.block = {"path": path, "parent": indent, "parent_path": parent, "line": number, "strip": block.group(1) == "-",
-                          "indent": None, "lines": []}
+            self.block = {"path": path, "parent": indent, "parent_path": parent, "line": number,
+                          "strip": block.group(1) == "-", "indent": None, "lines": []}
             return
         if rest.startswith(">"):
             raise ParseError(number, path, "folded block values ('>') are not supported: use '|'")
