@@ -58,10 +58,10 @@ BEGIN {
     content_seen = 0
     nn = 0
     nd = 0
-    KEY_RE = "^[A-Za-z0-9_./-]+:( |$)"
+    # Regexes are written as literals where they are used: busybox awk compiles a regex given as a
+    # string again at every match (UTF8_RE is only used on lines with a byte over 127).
     UTF8_RE = "^([\001-\177]|[\302-\337][\200-\277]|\340[\240-\277][\200-\277]|[\341-\354\356\357][\200-\277][\200-\277]|\355[\200-\237][\200-\277]|\360[\220-\277][\200-\277][\200-\277]|[\361-\363][\200-\277][\200-\277][\200-\277]|\364[\200-\217][\200-\277][\200-\277])*$"
     BOM = "\357\273\277"
-    BLOCK_RE = "^[|](-?)( +#.*)?$"
     SSH_TYPES = " ssh-ed25519 ssh-rsa ecdsa-sha2-nistp256 ecdsa-sha2-nistp384 ecdsa-sha2-nistp521 sk-ssh-ed25519@openssh.com sk-ecdsa-sha2-nistp256@openssh.com "
 }
 
@@ -282,7 +282,7 @@ function handle(number, text,    spaces, stripped, key_here, content, path, inde
 }
 
 function map_entry(number, d, content, indent,    key, path) {
-    if (content !~ KEY_RE) {
+    if (content !~ /^[A-Za-z0-9_.\/-]+:( |$)/) {
         if (content == "-" || substr(content, 1, 2) == "- ") {
             perr(number, st_path[d], "a list item where a 'key: value' entry is expected")
         } else {
@@ -318,7 +318,7 @@ function list_item(number, d, content, indent,    path, rest) {
         perr(number, path, "put exactly one space after '-'")
         return
     }
-    if (rest ~ KEY_RE) {
+    if (rest ~ /^[A-Za-z0-9_.\/-]+:( |$)/) {
         emit("M", number, path, "", st_path[d])
         depth++
         st_ind[depth] = indent + 2
@@ -340,7 +340,7 @@ function value(number, path, rest, indent, parent,    end, after, inner, cnt, it
         pend_line = number
         return
     }
-    if (rest ~ BLOCK_RE) {
+    if (rest ~ /^[|](-?)( +#.*)?$/) {
         blk = 1
         b_path = path
         b_parentpath = parent
