@@ -449,3 +449,22 @@ def test_boot_rejects_invalid_cloud_init(boot, tmp_path: Path):
     addrs = vm.ssh("ip -4 -o addr show dev eth0").stdout
     assert "10.0.2.15/24" in addrs and "10.0.2.200" not in addrs
     assert vm.ssh("hostname").stdout.strip() == "kubesolo-abcd01"
+
+
+@needs_busybox
+@pytest.mark.parametrize("address, gateway, onlink", [
+    ("10.9.0.5/32", "10.9.0.1", True),  # a /32 (cloud providers): the gateway is outside it
+    ("10.9.0.5/24", "10.9.0.1", False),
+    ("10.9.0.5/8", "10.200.0.1", False),
+    ("10.9.0.5/24", "10.9.1.1", True),
+])
+def test_shell_gateway_outside_the_addresses_is_added_on_link(ci_layer: Path, tmp_path: Path, address: str,
+                                                             gateway: str, onlink: bool):
+    """Issue 15, item 11 (the boot test with a real kernel is test_boot's persistent node)."""
+    config = tmp_path / "net.yaml"
+    config.write_text(f"network:\n  interfaces:\n    - name: lo\n      addresses: [{address}]\n      gateway: {gateway}\n")
+    stub = 'ip() { echo "ip $*" >>"$KSI_RUNDIR/ip.log"; return 0; }\n'
+    result = bb(ci_layer, tmp_path, stub + f'ksi_ci_check "{config}" "$KSI_CI_FLAT" && ksi_ci_network; echo "rc=$?"')
+    assert "rc=0" in result.stdout, result.stderr
+    route = [c for c in (tmp_path / "ip.log").read_text().splitlines() if c.startswith("ip route add")]
+    assert route == [f"ip route add default via {gateway} dev lo" + (" onlink" if onlink else "")]
