@@ -468,3 +468,18 @@ def test_shell_gateway_outside_the_addresses_is_added_on_link(ci_layer: Path, tm
     assert "rc=0" in result.stdout, result.stderr
     route = [c for c in (tmp_path / "ip.log").read_text().splitlines() if c.startswith("ip route add")]
     assert route == [f"ip route add default via {gateway} dev lo" + (" onlink" if onlink else "")]
+
+
+QUOTED_EDGES = [
+    "'it''s'", "''", "'a'''", "'''a'", "'a'' b' # c", '""', '"a\\"b"', '"a\\\\"', '"\\\\\\""', '"a\\tb\\nc"',
+    '"a\\', '"a\\"', '"a\\x"', "'unterminated", '"x" y', "'x'y", '"a\\\\\\\\b"', "'a\"b'", "\"a'b\"",
+    '"\\n\\n"', "'#'", '"#" # c',
+]
+
+
+@needs_busybox
+@pytest.mark.parametrize("scalar", QUOTED_EDGES)
+def test_quoted_scalar_edge_cases_agree(ci_layer: Path, tmp_path: Path, scalar: str):
+    path = tmp_path / "q.yaml"
+    path.write_text(f"sysctls:\n  k.v: {scalar}\nntp:\n  servers: [{scalar}]\n")
+    assert python_flat(path) == awk_flat(ci_layer, path)

@@ -137,51 +137,69 @@ function finish_block(    last, value) {
 }
 
 # Sets sc_kind (P or Q) and sc_val; returns 0 (after perr) on a syntax error.
-function parse_scalar(text, line, key, in_flow,    first, out, i, c, nxt, closed, rest, pos, ch, n, o, no) {
+function parse_scalar(text, line, key, in_flow,    first, out, body, nxt, closed, rest, seg, n, k, seps, sep, o, no, used) {
     first = substr(text, 1, 1)
     if (first == "\"" || first == "'") {
-        # One array of characters and one of output pieces, joined once: linear in the line.
-        n = split(text, ch, "")
+        # Linear in the line, and fast: the value is split at its special characters (the quote, and
+        # the backslash in "..."), each piece is copied once into o[] and o[] joined once. seps holds
+        # the special characters in order (sep[k] follows seg[k]). No per-character loop: busybox
+        # awk's substr() measures the whole string each time.
+        body = substr(text, 2)
+        seps = body
+        if (first == "'") {
+            n = split(body, seg, "'")
+            gsub(/[^']/, "", seps)
+        } else {
+            n = split(body, seg, /["\\]/)
+            gsub(/[^"\\]/, "", seps)
+        }
+        split(seps, sep, "")
         no = 0
-        i = 2
+        used = 0
         closed = 0
-        while (i <= n) {
-            c = ch[i]
-            if (first == "'" && c == "'") {
-                if (i < n && ch[i + 1] == "'") {
+        k = 1
+        while (k <= n) {
+            if (seg[k] != "") o[++no] = seg[k]
+            used += length(seg[k])
+            if (k == n) break
+            used++
+            if (sep[k] == first) {
+                # '' inside '...' is one quote: an empty piece between two quotes, not the last one.
+                if (first == "'" && seg[k + 1] == "" && k + 1 < n) {
                     o[++no] = "'"
-                    i += 2
+                    used++
+                    k += 2
                     continue
                 }
                 closed = 1
                 break
             }
-            if (first == "\"" && c == "\"") {
-                closed = 1
-                break
+            # A backslash in "...": the escaped character is the next special one (when the piece after
+            # the backslash is empty) or the first character of the next piece.
+            if (seg[k + 1] == "" && k + 1 < n) nxt = sep[k + 1]
+            else nxt = substr(seg[k + 1], 1, 1)
+            if (nxt == "\\") o[++no] = "\\"
+            else if (nxt == "\"") o[++no] = "\""
+            else if (nxt == "n") o[++no] = "\n"
+            else if (nxt == "t") o[++no] = "\t"
+            else {
+                perr(line, key, "unsupported escape '\\" nxt "' in a double-quoted value")
+                return 0
             }
-            if (first == "\"" && c == "\\") {
-                nxt = (i < n) ? ch[i + 1] : ""
-                if (nxt == "\\") o[++no] = "\\"
-                else if (nxt == "\"") o[++no] = "\""
-                else if (nxt == "n") o[++no] = "\n"
-                else if (nxt == "t") o[++no] = "\t"
-                else {
-                    perr(line, key, "unsupported escape '\\" nxt "' in a double-quoted value")
-                    return 0
-                }
-                i += 2
-                continue
+            used++
+            if (seg[k + 1] == "" && k + 1 < n) {
+                k += 2
+            } else {
+                seg[k + 1] = substr(seg[k + 1], 2)
+                k++
             }
-            o[++no] = c
-            i++
         }
         out = join(o, 1, no, "")
         if (!closed) {
             perr(line, key, "unterminated quoted value (quotes must close on the same line)")
             return 0
         }
-        rest = substr(text, i + 1)
+        rest = substr(body, used + 1)
         if (rest !~ /^[ \t]*$/ && rest !~ /^ +#/) {
             perr(line, key, "unexpected text after the closing quote")
             return 0
