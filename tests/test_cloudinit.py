@@ -462,7 +462,8 @@ def test_shell_gateway_outside_the_addresses_is_added_on_link(ci_layer: Path, tm
                                                              gateway: str, onlink: bool):
     """Issue 15, item 11 (the boot test with a real kernel is test_boot's persistent node)."""
     config = tmp_path / "net.yaml"
-    config.write_text(f"network:\n  interfaces:\n    - name: lo\n      addresses: [{address}]\n      gateway: {gateway}\n")
+    config.write_text(f"network:\n  interfaces:\n    - name: lo\n      addresses: [{address}]\n"
+                      f"      gateway: {gateway}\n")
     stub = 'ip() { echo "ip $*" >>"$KSI_RUNDIR/ip.log"; return 0; }\n'
     result = bb(ci_layer, tmp_path, stub + f'ksi_ci_check "{config}" "$KSI_CI_FLAT" && ksi_ci_network; echo "rc=$?"')
     assert "rc=0" in result.stdout, result.stderr

@@ -515,8 +515,8 @@ def check(content: bytes | str, schema: dict[str, Any]) -> Result:
     """Parse and validate a cloud-init file (its bytes) against a schema from load_schema()."""
     data = content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape")
     if len(data) > schema["max_bytes"]:
-        return Result([], [Diagnostic("ERROR", 1, "", f"the file is larger than the maximum of "
-                                                        f"{schema['max_bytes']} bytes (docs/cloud-init.md)")])
+        message = f"the file is larger than the maximum of {schema['max_bytes']} bytes (docs/cloud-init.md)"
+        return Result([], [Diagnostic("ERROR", 1, "", message)])
     if data.startswith(BOM):
         data = data[len(BOM):]
     nodes, error = parse(data.decode("utf-8", "surrogateescape"))

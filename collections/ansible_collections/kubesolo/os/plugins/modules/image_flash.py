@@ -20,8 +20,9 @@ description:
     reads the written bytes back and compares their SHA256 with the image's. A mismatch fails the task.
   - Then makes the data partition (an ext4 file system labelled O(data_label)) use the rest of the device
     (O(grow)); the partition is extended to the end of the device and the file system resized with
-    C(e2fsck -f -p) and C(resize2fs) (to any size: a resize inode too small for the stick is removed
-    first), then checked with C(e2fsck -f -n); an image without such a partition (an ISO) gets one created after it.
+    C(e2fsck -f -p) and C(resize2fs), to any size (a resize inode too small for the stick is removed
+    first), then checked with C(e2fsck -f -n); an image without such a partition (an ISO) gets one created
+    after it.
   - With O(keep_data) only the image's boot part (every byte before its data partition) is written, and the
     partition table is rewritten so that the device's existing data partition keeps its start (and grows
     to the end of the device with O(grow)). Not one byte of the data partition is written. This is the
