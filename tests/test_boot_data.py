@@ -127,5 +127,5 @@ def test_max_size_cloud_init_parses_in_seconds_under_tcg(boot, tmp_path):
         seconds = float(out[1]) - float(out[0])
         assert MAX_BYTES - 4096 < int(out[2]) <= MAX_BYTES
         report.append(f"{name}: {int(out[2])} bytes in {seconds:.2f} s")
-        assert seconds < 60, report
+        assert seconds < 120, report  # the quadratic parser needed minutes for such files
     print("boot-time parse of maximum-size files under TCG (image busybox awk): " + "; ".join(report))
