@@ -221,12 +221,13 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
 
     # The flag KubeSolo does not have is taken out of the flags file (the next boot has no [ERROR]).
     host.run("sed -i '/--from-config-file/d' /etc/kubesolo/flags")
-    # State that must survive a reboot, and a saved network configuration for the next boot.
+    # State that must survive a reboot, and saved network settings for the next boot: data in the
+    # cloud-init network schema (never executed), with a /32 address whose gateway is outside it (added
+    # on-link, as cloud providers need; the kernel refuses the route otherwise).
     host.run("echo state > /var/lib/kubesolo/state-file && echo log > /var/log/node.log && "
              "echo tool2 > /usr/local/bin/mytool2")
-    host.run("printf '%s\\n' 'ip addr add 10.0.2.15/24 dev eth0' 'ip link set eth0 up' "
-             "'ip route add default via 10.0.2.2' 'KUBESOLO_IFACE=eth0' 'touch /run/saved-network-applied' "
-             "'return 0' > /mnt/data/network/interfaces.sh")
+    host.run("printf '%s\\n' 'network:' '  interfaces:' '    - name: eth0' '      addresses: [10.0.2.15/32]' "
+             "'      gateway: 10.0.2.2' '      dns: [10.0.2.3]' > /mnt/data/network/network.yaml")
     # poweroff: KubeSolo is stopped, the data partition unmounted cleanly.
     vm.ssh("poweroff", check=False)
     vm.wait_exit(timeout=90)
@@ -241,10 +242,13 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
     text = second.wait(DOUBLE_RUNNING, timeout=60)
     assert_kubesolo_alive(second)
     assert "First boot on this data partition" not in second.log
-    assert "Applying saved network configuration" in second.log
+    assert "Applying the saved network settings /mnt/data/network/network.yaml" in second.log
+    assert "gateway 10.0.2.2 is outside the addresses of eth0: added on-link" in second.log
     second.wait_ssh()
     host = second.testinfra()
-    assert host.file("/run/saved-network-applied").exists
+    assert "10.0.2.15/32" in host.run("ip -4 -o addr show dev eth0").stdout
+    assert "default via 10.0.2.2 dev eth0 onlink" in host.run("ip -4 route").stdout
+    assert host.run("pidof udhcpc").rc != 0, "DHCP runs although the saved settings are static"
     assert host.run("hostname").stdout.strip() == "kubesolo-abcdef"  # the node name is stable
     assert "--apiserver-extra-sans=kubesolo-abcdef" in double_args(text)
     assert host.file("/var/lib/kubesolo/state-file").content_string.strip() == "state"

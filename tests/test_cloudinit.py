@@ -45,14 +45,16 @@ def ci_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def python_flat(path: Path) -> list[str]:
-    return cloudinit.check(path.read_text(), SCHEMA).flat()
+    return cloudinit.check(path.read_bytes(), SCHEMA).flat()
 
 
-def awk_flat(layer: Path, path: Path) -> list[str]:
+def awk_flat(layer: Path, path: Path, size: bool = True, timeout: float = 60) -> list[str]:
+    """The boot parser's records; size: pass the file's size as the boot does (else awk counts it)."""
     result = subprocess.run(
-        [BUSYBOX, "awk", "-v", f"schema={layer / LIBDIR / 'cloud-init.schema'}", "-f",
+        [BUSYBOX, "awk", "-v", f"schema={layer / LIBDIR / 'cloud-init.schema'}",
+         *(["-v", f"size={path.stat().st_size}"] if size else []), "-f",
          str(layer / LIBDIR / "cloud-init.awk"), str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False, errors="surrogateescape",
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
@@ -169,6 +171,91 @@ def test_kubesolo_flags_are_documented():
         assert re.search(rf"^\| `--{flag['name']}` \| {flag['type']} \| `{flag['env']}` \|", doc, re.M), flag["name"]
 
 
+# --------------------------------------------------------------------------------------------
+# Size limit and linear time (issue 15, item 13)
+# --------------------------------------------------------------------------------------------
+MAX_BYTES = SCHEMA["max_bytes"]
+
+
+def _fill(head: str, unit, limit: int = MAX_BYTES) -> str:
+    """head, then unit(i) lines for i = 0, 1, ... as long as the text stays within limit bytes."""
+    parts, size, i = [head], len(head.encode()), 0
+    while True:
+        line = unit(i)
+        if size + len(line.encode()) > limit:
+            return "".join(parts)
+        parts.append(line)
+        size += len(line.encode())
+        i += 1
+
+
+# Worst cases for the old quadratic parser, each just under the maximum size.
+WORST_CASES = {
+    # One block value of the whole file (it was concatenated line by line, then escaped char by char).
+    "block": lambda: _fill("write_files:\n  - path: /etc/kubesolo/big\n    content: |\n",
+                           lambda i: "      " + "x" * 70 + "\n"),
+    # Thousands of unknown keys (each was compared with every skipped path) and their warnings (sorted
+    # by insertion).
+    "unknown-keys": lambda: _fill("write_files:\n",
+                                  lambda i: f"  - path: /etc/kubesolo/f{i}\n    content: x\n    mode{i}: 1\n"),
+    # Long double-quoted lines full of escapes (built char by char).
+    "quoted": lambda: _fill("sysctls:\n", lambda i: f"  k.v{i}: \"" + "a\\tb\\\\" * 400 + "\"\n"),
+    # Many diagnostics on earlier lines (the cross-key rules add them last).
+    "cross-key-errors": lambda: _fill("network:\n  interfaces:\n",
+                                      lambda i: f"    - name: e{i % 10}\n      mac: 02:00:00:00:00:01\n"),
+}
+
+
+@needs_busybox
+@pytest.mark.parametrize("case", sorted(WORST_CASES))
+def test_max_size_file_parses_in_linear_time_and_both_agree(ci_layer: Path, tmp_path: Path, case: str):
+    import time
+
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(WORST_CASES[case]())
+    assert MAX_BYTES - 4096 < path.stat().st_size <= MAX_BYTES
+    started = time.monotonic()
+    awk = awk_flat(ci_layer, path, timeout=120)
+    seconds = time.monotonic() - started
+    assert python_flat(path) == awk
+    assert not any(line.startswith("D\tERROR\t1\t\tthe file is larger") for line in awk)
+    # The quadratic parser took 90 s for "block" on the host; linear takes about 2 s at most.
+    assert seconds < 20, f"{case}: {seconds:.1f} s"
+
+
+@needs_busybox
+@pytest.mark.parametrize("size_given", [True, False], ids=["size-given", "size-counted"])
+def test_file_over_the_maximum_is_refused_by_both_with_one_error(ci_layer: Path, tmp_path: Path, size_given: bool):
+    path = tmp_path / "big.yaml"
+    path.write_text(_fill("hostname: node-1\nsysctls:\n", lambda i: f"  k.v{i}: {i}\n", MAX_BYTES + 4096))
+    assert path.stat().st_size > MAX_BYTES
+    expected = [f"D\tERROR\t1\t\tthe file is larger than the maximum of {MAX_BYTES} bytes (docs/cloud-init.md)"]
+    assert python_flat(path) == expected
+    assert awk_flat(ci_layer, path, size=size_given) == expected
+    # Exactly the maximum passes.
+    path.write_bytes(path.read_bytes()[:MAX_BYTES].rsplit(b"\n", 1)[0].ljust(MAX_BYTES - 1, b" ") + b"\n")
+    assert path.stat().st_size == MAX_BYTES
+    assert python_flat(path) == awk_flat(ci_layer, path, size=size_given)
+    assert not any(line.startswith("D\tERROR") for line in python_flat(path))
+
+
+@needs_busybox
+def test_shell_check_refuses_a_file_over_the_maximum(ci_layer: Path, tmp_path: Path):
+    path = tmp_path / "big.yaml"
+    path.write_text("hostname: node-1\n" + "# padding\n" * (MAX_BYTES // 10 + 1))
+    result = bb(ci_layer, tmp_path, f'ksi_ci_check "{path}" "$KSI_CI_FLAT" node.yaml; echo "rc=$?"')
+    assert "rc=1" in result.stdout
+    assert (f"[ERROR] cloud-init node.yaml line 1: (top level): the file is larger than the maximum of {MAX_BYTES} "
+            "bytes") in result.stderr
+
+
+def test_validator_names_the_line_of_a_non_utf8_byte():
+    """The module reads bytes: a Latin-1 file is refused on its line, not with a decoding traceback."""
+    result = cloudinit.check((FIXTURES / "invalid" / "not-utf8.yaml").read_bytes(), SCHEMA)
+    assert [d.text() for d in result.errors] == ["cloud-init line 6: (top level): not valid UTF-8 text "
+                                                 "(save the file as UTF-8)"]
+
+
 def test_python_data_view():
     data = cloudinit.check((FIXTURES / "valid" / "full.yaml").read_text(), SCHEMA).data()
     assert data["network"]["interfaces"][0]["addresses"] == ["10.0.2.15/24", "10.0.2.200/24"]
@@ -242,7 +329,7 @@ def test_shell_network_failure_is_rolled_back(ci_layer: Path, tmp_path: Path):
         "ip link set lo up",
         "ip addr add 10.9.0.5/24 dev lo",
         "ip addr add 10.9.0.6/24 dev lo",
-        "ip route add default via 192.0.2.1 dev lo",
+        "ip route add default via 192.0.2.1 dev lo onlink",
         "ip addr del 10.9.0.6/24 dev lo",
         "ip addr del 10.9.0.5/24 dev lo",
     ]
@@ -276,6 +363,12 @@ def validate_playbook(path: Path) -> subprocess.CompletedProcess[str]:
 def test_validate_playbook_accepts_a_valid_file():
     result = validate_playbook(EXAMPLES / "air-gapped.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_validate_playbook_names_the_line_of_a_non_utf8_byte():
+    result = validate_playbook(FIXTURES / "invalid" / "not-utf8.yaml")
+    assert result.returncode != 0
+    assert "line 6: (top level): not valid UTF-8 text" in result.stdout
 
 
 def test_validate_playbook_rejects_an_invalid_file_naming_key_and_line():
@@ -420,3 +513,38 @@ def test_boot_rejects_invalid_cloud_init(boot, tmp_path: Path):
     # A rejected file leaves KubeSolo running with the image's own arguments.
     from guest import assert_kubesolo_alive
     assert_kubesolo_alive(vm)
+
+
+@needs_busybox
+@pytest.mark.parametrize("address, gateway, onlink", [
+    ("10.9.0.5/32", "10.9.0.1", True),  # a /32 (cloud providers): the gateway is outside it
+    ("10.9.0.5/24", "10.9.0.1", False),
+    ("10.9.0.5/8", "10.200.0.1", False),
+    ("10.9.0.5/24", "10.9.1.1", True),
+])
+def test_shell_gateway_outside_the_addresses_is_added_on_link(ci_layer: Path, tmp_path: Path, address: str,
+                                                             gateway: str, onlink: bool):
+    """Issue 15, item 11 (the boot test with a real kernel is test_boot's persistent node)."""
+    config = tmp_path / "net.yaml"
+    config.write_text(f"network:\n  interfaces:\n    - name: lo\n      addresses: [{address}]\n"
+                      f"      gateway: {gateway}\n")
+    stub = 'ip() { echo "ip $*" >>"$KSI_RUNDIR/ip.log"; return 0; }\n'
+    result = bb(ci_layer, tmp_path, stub + f'ksi_ci_check "{config}" "$KSI_CI_FLAT" && ksi_ci_network; echo "rc=$?"')
+    assert "rc=0" in result.stdout, result.stderr
+    route = [c for c in (tmp_path / "ip.log").read_text().splitlines() if c.startswith("ip route add")]
+    assert route == [f"ip route add default via {gateway} dev lo" + (" onlink" if onlink else "")]
+
+
+QUOTED_EDGES = [
+    "'it''s'", "''", "'a'''", "'''a'", "'a'' b' # c", '""', '"a\\"b"', '"a\\\\"', '"\\\\\\""', '"a\\tb\\nc"',
+    '"a\\', '"a\\"', '"a\\x"', "'unterminated", '"x" y', "'x'y", '"a\\\\\\\\b"', "'a\"b'", "\"a'b\"",
+    '"\\n\\n"', "'#'", '"#" # c',
+]
+
+
+@needs_busybox
+@pytest.mark.parametrize("scalar", QUOTED_EDGES)
+def test_quoted_scalar_edge_cases_agree(ci_layer: Path, tmp_path: Path, scalar: str):
+    path = tmp_path / "q.yaml"
+    path.write_text(f"sysctls:\n  k.v: {scalar}\nntp:\n  servers: [{scalar}]\n")
+    assert python_flat(path) == awk_flat(ci_layer, path)

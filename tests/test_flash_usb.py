@@ -208,6 +208,41 @@ def test_flash_verifies_and_grows_ksolodata_to_the_end(image, loops):
     assert "LABEL=\"KSOLODATA\"" in sh("blkid", f"{disk}p2").stdout
 
 
+@pytest.mark.parametrize("gigabytes", [70, 200])
+def test_flash_to_a_big_stick_ends_with_a_clean_ksolodata_filling_it(image, loops, gigabytes):
+    """Issue 15, item 1: over about 64 GiB the built file system's resize inode cannot describe the new
+    size; the image has none and the module handles one that has (e2fsck -fn must pass either way)."""
+    disk = loops.add(gigabytes * 1000**3 // MIB)
+    result = flash(image, disk, check=True)
+    assert "KSOLODATA new, grown" in result.stdout
+    part = data_partition(disk)
+    assert part["start"] + part["size"] == gigabytes * 1000**3 // MIB * 2048
+    sh("e2fsck", "-fn", f"{disk}p2")
+    per_group = 32768 * 4096
+    assert part["size"] * 512 - fs_blocks(f"{disk}p2") < per_group
+
+
+def test_keep_data_grows_an_old_ksolodata_that_has_a_resize_inode_past_its_limit(image, loops, tmp_path):
+    """A stick flashed by an earlier release (KSOLODATA with a 64 MiB resize-inode reserve) moved to a
+    70 GB stick: the keep-data upgrade grows it cleanly, the files stay."""
+    disk = loops.add(70 * 1000**3 // MIB)
+    flash(image, disk, "-e", "flash_grow_data=false", check=True)
+    node = f"{disk}p2"
+    # Stand in for the old release's data partition: an ext4 with a resize inode, and a file on it.
+    sh("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "KSOLODATA", node)
+    assert "resize_inode" in sh("dumpe2fs", "-h", node).stdout
+    marker = tmp_path / "marker"
+    marker.write_text("kept\n")
+    sh("debugfs", "-w", "-R", f"write {marker} kubesolo-marker", node)
+    result = flash(image, disk, "-e", "flash_keep_data=true", check=True)
+    assert "KSOLODATA kept, grown" in result.stdout
+    assert "removing it" in result.stdout
+    sh("e2fsck", "-fn", node)
+    part = data_partition(disk)
+    assert part["size"] * 512 - fs_blocks(node) < 32768 * 4096
+    assert sh("debugfs", "-R", "cat kubesolo-marker", node).stdout == "kept\n"
+
+
 def _same_except_table(image: Path, disk: str, length: int) -> bool:
     """The first `length` bytes equal, apart from the partition entries (bytes 446-509) that grew."""
     with open(image, "rb") as src, open(disk, "rb") as dst:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, VENV_BIN, tool_env
-from loopdev import LoopDevices, sh
+from loopdev import MIB, LoopDevices, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("partx"),
                                 reason="needs root, losetup and partx")
@@ -81,7 +81,7 @@ def test_blank_disk_provisioned_then_second_run_changes_nothing(loops, tmp_path)
     assert blkid(part)["LABEL"] == "KSOLODATA" and blkid(part)["PART_ENTRY_NAME"] == "KSOLODATA"
     assert blkid(disk)["PTTYPE"] == "gpt"
     assert read_data(tmp_path, part, "etc-kubesolo/hostname") == "loop-node\n"
-    assert "udhcpc" in read_data(tmp_path, part, "network/interfaces.sh")
+    assert "dhcp: true" in read_data(tmp_path, part, "network/network.yaml")
     mnt = tmp_path / "mnt"
     sh("mount", "-o", "ro", part, str(mnt))
     try:
@@ -225,3 +225,150 @@ def test_fleet_play_goes_on_past_failed_nodes_then_fails_naming_them(loops, tmp_
     assert re.search(r'"node-unreachable: unreachable: .*Connection refused', summary.group(1)), summary.group(1)
     assert blkid(f"{good}p1")["LABEL"] == "KSOLODATA"
     assert blkid(small) == {}, "the refused disk was written"
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 15: typed role inputs (item 12), saved network settings as data (item 7)
+# --------------------------------------------------------------------------------------------
+
+def test_wrong_input_types_are_errors_naming_the_variable(loops, tmp_path):
+    disk = loops.add()
+    _rc, result, out = provision(tmp_path, [disk], ksolodata_network={"mode": "static", "interface": "eth0",
+                                                                     "address": "10.0.0.5/24",
+                                                                     "dns": "10.0.0.1,10.0.0.2"})
+    assert result["summary"]["status"] == "failed", out
+    assert "ksolodata_network.dns must be a list of strings" in result["summary"]["msg"]
+    _rc, result, out = provision(tmp_path, [disk], ksolodata_hostname=5, ksolodata_candidates=disk,
+                                ksolodata_network={"mode": "dhcp", "mtu": "1500"})
+    msg = result["summary"]["msg"]
+    assert "ksolodata_hostname must be a string, not a int" in msg, out
+    assert "ksolodata_candidates must be a list of strings, not a str" in msg
+    assert "ksolodata_network.mtu is not a known key" in msg
+    assert blkid(disk) == {}, "a refused run touched the disk"
+
+
+def test_network_settings_saved_as_validated_data_and_old_script_removed(loops, tmp_path):
+    disk = loops.add()
+    assert provision(tmp_path, [disk])[0] == 0
+    part = f"{disk}p1"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    sh("mount", part, str(mnt))
+    try:
+        (mnt / "network" / "interfaces.sh").write_text("KUBESOLO_IFACE=eth0\nreturn 0\n")
+    finally:
+        sh("umount", str(mnt))
+    network = {"mode": "static", "address": "203.0.113.7/32", "gateway": "172.31.1.1", "dns": ["185.12.64.1"]}
+    rc, result, out = provision(tmp_path, [disk], ksolodata_network=network, ksolodata_update_config=True)
+    assert rc == 0 and result["summary"]["status"] == "changed", out
+    saved = read_data(tmp_path, part, "network/network.yaml")
+    assert "    - addresses: [203.0.113.7/32]\n      gateway: 172.31.1.1\n      dns: [185.12.64.1]\n" in saved
+    from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
+
+    schema = cloudinit.load_schema(yaml.safe_load((REPO / "files" / "cloud-init-schema.yml").read_text()),
+                                    yaml.safe_load((REPO / "files" / "kubesolo-flags.yml").read_text()))
+    assert cloudinit.check(saved.encode(), schema).valid
+    assert "remove network/interfaces.sh" in result["summary"]["plan"]
+    sh("mount", "-o", "ro", part, str(mnt))
+    try:
+        assert not (mnt / "network" / "interfaces.sh").exists()
+    finally:
+        sh("umount", str(mnt))
+    # An invalid address is refused by the boot's own rules before anything is written.
+    rc, result, out = provision(tmp_path, [disk], ksolodata_network=dict(network, address="203.0.113.7/33"),
+                                ksolodata_update_config=True)
+    assert result["summary"]["status"] == "failed" and "network.interfaces[0].addresses[0]" in out, out
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 15: growing KSOLODATA (items 1 and 2)
+# --------------------------------------------------------------------------------------------
+GB = 1000**3
+
+
+def fs_info(part: str) -> dict[str, str]:
+    out = sh("tune2fs", "-l", part).stdout
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+
+
+def grow_backing(disk: str, size_bytes: int) -> None:
+    with LoopDevices.backing(disk).open("r+b") as handle:
+        handle.truncate(size_bytes)
+    sh("losetup", "-c", disk)
+
+
+def test_grow_past_the_resize_inode_limit_to_70_and_200_gb(loops, tmp_path):
+    """A 64 MiB KSOLODATA grown to 70 GB and then 200 GB (over 1024 times its size: the resize inode's
+    reserve is exceeded); each time the file system fills the partition and e2fsck -fn passes."""
+    disk = loops.add(64)
+    assert provision(tmp_path, [disk], ksolodata_min_size_gib=0.05)[0] == 0
+    part = f"{disk}p1"
+    assert "resize_inode" in fs_info(part)["Filesystem features"]
+    for size in (70 * GB, 200 * GB):
+        grow_backing(disk, size)
+        rc, result, out = provision(tmp_path, [disk], ksolodata_min_size_gib=0.05, ksolodata_grow=True)
+        assert rc == 0 and result["summary"]["status"] == "changed", out
+        sh("e2fsck", "-fn", part)
+        info = fs_info(part)
+        part_bytes = int(Path(f"/sys/class/block/{Path(part).name}/size").read_text()) * 512
+        assert part_bytes > size - 2 * MIB
+        fs_bytes = int(info["Block count"]) * int(info["Block size"])
+        assert part_bytes - fs_bytes < int(info["Blocks per group"]) * int(info["Block size"]), (fs_bytes, part_bytes)
+        # Nothing left to do: a second run changes nothing.
+        rc, result, out = provision(tmp_path, [disk], ksolodata_min_size_gib=0.05, ksolodata_grow=True)
+        assert result["summary"]["status"] == "ok", out
+
+
+def test_grow_of_a_mounted_ksolodata_never_claims_what_it_did_not_do(loops, tmp_path):
+    """Online: the partition grows while mounted; the file system grows online when the kernel lets
+    resize2fs (a KubeSolo OS node); where it does not (this test machine lacks CAP_SYS_RESOURCE), the run
+    fails saying so, and every re-run says so again instead of reporting a change."""
+    disk = loops.add(300)
+    assert provision(tmp_path, [disk])[0] == 0
+    part = f"{disk}p1"
+    mnt = tmp_path / "mounted"
+    mnt.mkdir()
+    sh("mount", part, str(mnt))
+    loops.mounts.append(mnt)
+    grow_backing(disk, 600 * MIB)
+    for _attempt in range(2):
+        _rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
+        status, msg = result["summary"]["status"], result["summary"]["msg"]
+        part_bytes = int(Path(f"/sys/class/block/{Path(part).name}/size").read_text()) * 512
+        assert part_bytes > 590 * MIB, "the partition did not grow"
+        info = fs_info(part)
+        fs_bytes = int(info["Block count"]) * int(info["Block size"])
+        if status == "changed":
+            assert fs_bytes > 550 * MIB, out
+            break
+        assert status == "failed", out
+        assert "online resize2fs of" in msg and "(mounted) failed" in msg, msg
+        assert fs_bytes < 310 * MIB
+    sh("umount", str(mnt))
+    loops.mounts.remove(mnt)
+    sh("e2fsck", "-fn", part)
+    # Unmounted, the same run grows the file system offline and reports it.
+    _rc, result, out = provision(tmp_path, [disk], ksolodata_grow=True)
+    info = fs_info(part)
+    assert result["summary"]["status"] in ("changed", "ok"), out
+    assert int(info["Block count"]) * int(info["Block size"]) > 550 * MIB
+    sh("e2fsck", "-fn", part)
+
+
+def test_provisioning_zero_nodes_is_an_error_naming_the_group(tmp_path):
+    """Issue 15, item 4: an inventory without kubesolo_nodes hosts (or a --limit matching none) fails."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"edge": {"hosts": {"node-a": {}}}}}}))
+    result = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), "playbooks/provision-data.yml"],
+                            cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode != 0, result.stdout
+    assert "No node to provision: the group kubesolo_nodes has no hosts in this inventory" in result.stdout
+    assert "All 0 nodes provisioned" not in result.stdout
+    # A --limit that matches hosts, none of them in the group.
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"kubesolo_nodes": {"hosts": {"node-a": {}}},
+                                                              "edge": {"hosts": {"node-b": {}}}}}}))
+    result = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), "playbooks/provision-data.yml",
+                             "--limit", "node-b"], cwd=REPO, env=tool_env(), capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode != 0, result.stdout
+    assert "No node to provision: the group kubesolo_nodes has no host matching --limit node-b" in result.stdout

@@ -46,6 +46,7 @@ class VMSpec:
     initrd: Path | None = None
     append: str = ""
     disks: list[Path] = field(default_factory=list)
+    readonly_disks: list[Path] = field(default_factory=list)  # virtio disks after `disks`, write-protected
     usb_disk: Path | None = None
     memory_mb: int = 512
     cpus: int = 1
@@ -110,6 +111,8 @@ def qemu_command(spec: VMSpec) -> list[str]:
         cmd += ["-drive", f"file={spec.iso},media=cdrom,readonly=on,if=ide,index=2", "-boot", "order=dc"]
     for disk in spec.disks:
         cmd += ["-drive", f"file={disk},if=virtio,format=raw,cache=unsafe"]
+    for disk in spec.readonly_disks:
+        cmd += ["-drive", f"file={disk},if=virtio,format=raw,readonly=on"]
     if spec.usb_disk:
         cmd += [
             "-device", "qemu-xhci,id=xhci",

@@ -35,8 +35,9 @@ def test_provisioned_hostname(host):
 
 def test_provisioned_network(host):
     network = _vars(host)["ksolodata_network"]
-    script = host.file(f"{DATA}/network/interfaces.sh")
-    assert script.exists and "ksolodata" in script.content_string
+    saved = host.file(f"{DATA}/network/network.yaml")
+    assert saved.exists and "ksolodata" in saved.content_string
+    assert not host.file(f"{DATA}/network/interfaces.sh").exists
     addresses = host.run("ip -4 -o addr show").stdout
     assert "10.0.2.15/24" in addresses
     dhcp = host.run("pidof udhcpc")

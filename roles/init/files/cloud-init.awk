@@ -1,7 +1,7 @@
 # /usr/lib/kubesolo-os/cloud-init.awk: parser and validator of KubeSolo OS cloud-init files
 # (the YAML subset of docs/cloud-init.md), for busybox awk. Copied by the Ansible role `init`.
 #
-#   awk -v schema=/usr/lib/kubesolo-os/cloud-init.schema -f cloud-init.awk FILE
+#   awk -v schema=/usr/lib/kubesolo-os/cloud-init.schema [-v size=BYTES] -f cloud-init.awk FILE
 #
 # The SAME algorithm as the Python side (collection kubesolo.os, module_utils/cloudinit.py):
 # both print the same records for the same file (tests/test_cloudinit.py checks every fixture).
@@ -9,8 +9,13 @@
 #                                            B block scalar; value escaped (\\ \n \t)
 #   D<TAB>level<TAB>line<TAB>key<TAB>message level ERROR or WARN; messages never hold values
 # The schema file (rendered from files/cloud-init-schema.yml) has lines
-#   K<TAB>key<TAB>type<TAB>key_pattern   and   P<TAB>persistent directory
+#   K<TAB>key<TAB>type<TAB>key_pattern,   P<TAB>persistent directory   and   S<TAB>max_bytes<TAB>N
 # Parsing stops at the first syntax error (one ERROR record). Data is never evaluated.
+# A file larger than max_bytes (size= from the caller, else counted while reading) is refused with
+# one ERROR at line 1 and nothing else. A UTF-8 byte order mark at the start is skipped; a line that
+# is not valid UTF-8 is a syntax error on that line.
+# Linear time: no string is built by repeated concatenation (join() halves), no per-node scan of
+# the skipped paths (each node knows its parent), diagnostics are bucketed by line, not sorted.
 
 BEGIN {
     TAB = "\t"
@@ -26,14 +31,25 @@ BEGIN {
         } else if (sf[1] == "P") {
             ndirs++
             dirs[ndirs] = sf[2]
+        } else if (sf[1] == "S" && sf[2] == "max_bytes") {
+            maxbytes = sf[3] + 0
         } else {
             load_flag_row(sf)
         }
     }
     close(schema)
-    if (nsk == 0) {
+    if (nsk == 0 || maxbytes <= 0) {
         perr(0, "", "cannot read the schema " schema)
     }
+    nmapany = 0
+    for (k = 1; k <= nsk; k++) {
+        if (sk_type[sk_order[k]] == "map_any" && ((sk_order[k] ".*") in sk_type)) mapany[++nmapany] = sk_order[k]
+    }
+    total = 0
+    toobig = 0
+    size_known = (size != "")
+    if (size_known && size + 0 > maxbytes) toobig = 1
+    if (toobig) exit
     depth = 1
     st_ind[1] = 0
     st_kind[1] = "M"
@@ -44,8 +60,10 @@ BEGIN {
     content_seen = 0
     nn = 0
     nd = 0
-    KEY_RE = "^[A-Za-z0-9_./-]+:( |$)"
-    BLOCK_RE = "^[|](-?)( +#.*)?$"
+    # Regexes are written as literals where they are used: busybox awk compiles a regex given as a
+    # string again at every match (UTF8_RE is only used on lines with a byte over 127).
+    UTF8_RE = "^([\001-\177]|[\302-\337][\200-\277]|\340[\240-\277][\200-\277]|[\341-\354\356\357][\200-\277][\200-\277]|\355[\200-\237][\200-\277]|\360[\220-\277][\200-\277][\200-\277]|[\361-\363][\200-\277][\200-\277][\200-\277]|\364[\200-\217][\200-\277][\200-\277])*$"
+    BOM = "\357\273\277"
     SSH_TYPES = " ssh-ed25519 ssh-rsa ecdsa-sha2-nistp256 ecdsa-sha2-nistp384 ecdsa-sha2-nistp521 sk-ssh-ed25519@openssh.com sk-ecdsa-sha2-nistp256@openssh.com "
 }
 
@@ -63,25 +81,37 @@ function diag(level, line, key, msg) {
     d_msg[nd] = msg
 }
 
-function emit(kind, line, path, value) {
+# parent: the path of the container holding the node ("" at the top level).
+function emit(kind, line, path, value, parent) {
     nn++
     n_kind[nn] = kind
     n_line[nn] = line
     n_path[nn] = path
     n_val[nn] = value
+    n_parent[nn] = (parent in bypath) ? bypath[parent] : 0
     bypath[path] = nn
 }
 
-function esc(s,    out, i, c) {
-    out = ""
-    for (i = 1; i <= length(s); i++) {
-        c = substr(s, i, 1)
-        if (c == "\\") out = out "\\\\"
-        else if (c == "\n") out = out "\\n"
-        else if (c == "\t") out = out "\\t"
-        else out = out c
-    }
-    return out
+# join(a, lo, hi, sep): a[lo] sep ... sep a[hi], by halves (repeated concatenation is quadratic).
+function join(a, lo, hi, sep,    mid) {
+    if (lo > hi) return ""
+    if (lo == hi) return a[lo]
+    mid = int((lo + hi) / 2)
+    return join(a, lo, mid, sep) sep join(a, mid + 1, hi, sep)
+}
+
+# replace_all(s, sep, by): every sep (one character) in s replaced with by, in linear time.
+function replace_all(s, sep, by,    parts, n) {
+    if (index(s, sep) == 0) return s
+    # A one-character separator is literal, except a backslash: that one is given as a regex.
+    n = split(s, parts, sep == "\\" ? "\\\\" : sep)
+    return join(parts, 1, n, by)
+}
+
+function esc(s) {
+    s = replace_all(s, "\\", "\\\\")
+    s = replace_all(s, "\n", "\\n")
+    return replace_all(s, "\t", "\\t")
 }
 
 function rstrip(s) {
@@ -99,59 +129,79 @@ function child(parent, key) {
     return parent == "" ? key : parent "." key
 }
 
-function finish_block(    i, last, value) {
+function finish_block(    last, value) {
     last = b_n
     while (last > 0 && b_lines[last] == "") last--
-    value = ""
-    for (i = 1; i <= last; i++) value = value (i > 1 ? "\n" : "") b_lines[i]
+    value = join(b_lines, 1, last, "\n")
     if (last > 0 && !b_strip) value = value "\n"
-    emit("B", b_line, b_path, value)
+    emit("B", b_line, b_path, value, b_parentpath)
     blk = 0
 }
 
 # Sets sc_kind (P or Q) and sc_val; returns 0 (after perr) on a syntax error.
-function parse_scalar(text, line, key, in_flow,    first, out, i, c, nxt, closed, rest, pos) {
+function parse_scalar(text, line, key, in_flow,    first, out, body, nxt, closed, rest, seg, n, k, seps, sep, o, no, used) {
     first = substr(text, 1, 1)
     if (first == "\"" || first == "'") {
-        out = ""
-        i = 2
+        # Linear in the line, and fast: the value is split at its special characters (the quote, and
+        # the backslash in "..."), each piece is copied once into o[] and o[] joined once. seps holds
+        # the special characters in order (sep[k] follows seg[k]). No per-character loop: busybox
+        # awk's substr() measures the whole string each time.
+        body = substr(text, 2)
+        seps = body
+        if (first == "'") {
+            n = split(body, seg, "'")
+            gsub(/[^']/, "", seps)
+        } else {
+            n = split(body, seg, /["\\]/)
+            gsub(/[^"\\]/, "", seps)
+        }
+        split(seps, sep, "")
+        no = 0
+        used = 0
         closed = 0
-        while (i <= length(text)) {
-            c = substr(text, i, 1)
-            if (first == "'" && c == "'") {
-                if (substr(text, i + 1, 1) == "'") {
-                    out = out "'"
-                    i += 2
+        k = 1
+        while (k <= n) {
+            if (seg[k] != "") o[++no] = seg[k]
+            used += length(seg[k])
+            if (k == n) break
+            used++
+            if (sep[k] == first) {
+                # '' inside '...' is one quote: an empty piece between two quotes, not the last one.
+                if (first == "'" && seg[k + 1] == "" && k + 1 < n) {
+                    o[++no] = "'"
+                    used++
+                    k += 2
                     continue
                 }
                 closed = 1
                 break
             }
-            if (first == "\"" && c == "\"") {
-                closed = 1
-                break
+            # A backslash in "...": the escaped character is the next special one (when the piece after
+            # the backslash is empty) or the first character of the next piece.
+            if (seg[k + 1] == "" && k + 1 < n) nxt = sep[k + 1]
+            else nxt = substr(seg[k + 1], 1, 1)
+            if (nxt == "\\") o[++no] = "\\"
+            else if (nxt == "\"") o[++no] = "\""
+            else if (nxt == "n") o[++no] = "\n"
+            else if (nxt == "t") o[++no] = "\t"
+            else {
+                perr(line, key, "unsupported escape '\\" nxt "' in a double-quoted value")
+                return 0
             }
-            if (first == "\"" && c == "\\") {
-                nxt = substr(text, i + 1, 1)
-                if (nxt == "\\") out = out "\\"
-                else if (nxt == "\"") out = out "\""
-                else if (nxt == "n") out = out "\n"
-                else if (nxt == "t") out = out "\t"
-                else {
-                    perr(line, key, "unsupported escape '\\" nxt "' in a double-quoted value")
-                    return 0
-                }
-                i += 2
-                continue
+            used++
+            if (seg[k + 1] == "" && k + 1 < n) {
+                k += 2
+            } else {
+                seg[k + 1] = substr(seg[k + 1], 2)
+                k++
             }
-            out = out c
-            i++
         }
+        out = join(o, 1, no, "")
         if (!closed) {
             perr(line, key, "unterminated quoted value (quotes must close on the same line)")
             return 0
         }
-        rest = substr(text, i + 1)
+        rest = substr(body, used + 1)
         if (rest !~ /^[ \t]*$/ && rest !~ /^ +#/) {
             perr(line, key, "unexpected text after the closing quote")
             return 0
@@ -184,7 +234,11 @@ function parse_scalar(text, line, key, in_flow,    first, out, i, c, nxt, closed
     return 1
 }
 
-function handle(number, text,    spaces, stripped, key_here, content, path, indent, line, kind) {
+function handle(number, text,    spaces, stripped, key_here, content, path, indent, line, kind, parent) {
+    if (text ~ /[\200-\377]/ && text !~ UTF8_RE) {
+        perr(number, "", "not valid UTF-8 text (save the file as UTF-8)")
+        return
+    }
     sub(/\r$/, "", text)
     match(text, /^ */)
     spaces = RLENGTH
@@ -221,10 +275,11 @@ function handle(number, text,    spaces, stripped, key_here, content, path, inde
         path = pend_path
         indent = pend_ind
         line = pend_line
+        parent = pend_parent
         pend = 0
         if (spaces == indent + 2) {
             kind = (content == "-" || substr(content, 1, 2) == "- ") ? "L" : "M"
-            emit(kind, line, path, "")
+            emit(kind, line, path, "", parent)
             depth++
             st_ind[depth] = spaces
             st_kind[depth] = kind
@@ -234,7 +289,7 @@ function handle(number, text,    spaces, stripped, key_here, content, path, inde
             perr(number, path, "indent nested entries by exactly 2 spaces (expected " (indent + 2) ")")
             return
         } else {
-            emit("Z", line, path, "")
+            emit("Z", line, path, "", parent)
         }
     }
     while (depth > 1 && st_ind[depth] > spaces) depth--
@@ -247,7 +302,7 @@ function handle(number, text,    spaces, stripped, key_here, content, path, inde
 }
 
 function map_entry(number, d, content, indent,    key, path) {
-    if (content !~ KEY_RE) {
+    if (content !~ /^[A-Za-z0-9_.\/-]+:( |$)/) {
         if (content == "-" || substr(content, 1, 2) == "- ") {
             perr(number, st_path[d], "a list item where a 'key: value' entry is expected")
         } else {
@@ -264,7 +319,7 @@ function map_entry(number, d, content, indent,    key, path) {
     seen[st_path[d] SUBSEP key] = 1
     rest = substr(content, length(key) + 2)
     sub(/^ +/, "", rest)
-    value(number, path, rest, indent)
+    value(number, path, rest, indent, st_path[d])
 }
 
 function list_item(number, d, content, indent,    path, rest) {
@@ -283,8 +338,8 @@ function list_item(number, d, content, indent,    path, rest) {
         perr(number, path, "put exactly one space after '-'")
         return
     }
-    if (rest ~ KEY_RE) {
-        emit("M", number, path, "")
+    if (rest ~ /^[A-Za-z0-9_.\/-]+:( |$)/) {
+        emit("M", number, path, "", st_path[d])
         depth++
         st_ind[depth] = indent + 2
         st_kind[depth] = "M"
@@ -293,20 +348,22 @@ function list_item(number, d, content, indent,    path, rest) {
         map_entry(number, depth, rest, indent + 2)
         return
     }
-    value(number, path, rest, indent)
+    value(number, path, rest, indent, st_path[d])
 }
 
-function value(number, path, rest, indent,    end, after, inner, cnt, items, i, item, ipath) {
+function value(number, path, rest, indent, parent,    end, after, inner, cnt, items, i, item, ipath) {
     if (rest == "" || substr(rest, 1, 1) == "#") {
         pend = 1
         pend_path = path
+        pend_parent = parent
         pend_ind = indent
         pend_line = number
         return
     }
-    if (rest ~ BLOCK_RE) {
+    if (rest ~ /^[|](-?)( +#.*)?$/) {
         blk = 1
         b_path = path
+        b_parentpath = parent
         b_parent = indent
         b_line = number
         b_strip = (substr(rest, 2, 1) == "-")
@@ -330,7 +387,7 @@ function value(number, path, rest, indent,    end, after, inner, cnt, items, i, 
             return
         }
         inner = substr(rest, 2, end - 2)
-        emit("L", number, path, "")
+        emit("L", number, path, "", parent)
         if (inner ~ /^ *$/) return
         cnt = split(inner, items, ",")
         for (i = 1; i <= cnt; i++) {
@@ -341,16 +398,21 @@ function value(number, path, rest, indent,    end, after, inner, cnt, items, i, 
                 return
             }
             if (!parse_scalar(item, number, ipath, 1)) return
-            emit(sc_kind, number, ipath, sc_val)
+            emit(sc_kind, number, ipath, sc_val, path)
         }
         return
     }
     if (!parse_scalar(rest, number, path, 0)) return
-    emit(sc_kind, number, path, sc_val)
+    emit(sc_kind, number, path, sc_val, parent)
 }
 
 {
-    if (!err) handle(NR, $0)
+    if (!size_known) total += length($0) + 1
+    if (!toobig && maxbytes > 0 && total > maxbytes) toobig = 1
+    if (toobig) exit
+    if (NR == 1 && substr($0, 1, 3) == BOM) {
+        if (!err) handle(NR, substr($0, 4))
+    } else if (!err) handle(NR, $0)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -367,8 +429,8 @@ function is_ipv4(v,    p, n, i) {
     return 1
 }
 
-function is_hostname(v,    p, n, i) {
-    if (v == "" || length(v) > 253 || v !~ /^[a-z0-9.-]+$/) return 0
+function is_hostname(v, limit,    p, n, i) {
+    if (v == "" || length(v) > limit || v !~ /^[a-z0-9.-]+$/) return 0
     n = split(v, p, "[.]")
     # split drops nothing: "a..b" gives an empty label, like Python's split.
     if (substr(v, 1, 1) == "." || substr(v, length(v), 1) == ".") return 0
@@ -382,8 +444,9 @@ function check_value(kind, type, v,    addr, prefix, slash, w, n, ls, i, ok) {
     if (type != "text" && type != "pem" && index(v, "\n") > 0) return "must be a single line"
     if (v == "" && type != "bool") return "must not be empty"
     if (type == "string" || type == "text" || type == "secret" || type == "sysctl_value") return ""
-    if (type == "hostname") return is_hostname(v) ? "" : "not a lowercase RFC 1123 host name"
-    if (type == "host") return (is_ipv4(v) || is_hostname(tolower(v))) ? "" : "not a host name or IPv4 address"
+    # The node name: the kernel's limit (sethostname, HOST_NAME_MAX) is 64 characters.
+    if (type == "hostname") return is_hostname(v, 64) ? "" : "not a lowercase RFC 1123 host name of at most 64 characters"
+    if (type == "host") return (is_ipv4(v) || is_hostname(tolower(v), 253)) ? "" : "not a host name or IPv4 address"
     if (type == "ifname") return (v ~ /^[A-Za-z0-9_.-]+$/ && length(v) <= 15) ? "" : "not an interface name (at most 15 of A-Z a-z 0-9 _ . -)"
     if (type == "mac") return (v ~ /^[0-9A-Fa-f][0-9A-Fa-f](:[0-9A-Fa-f][0-9A-Fa-f])+$/ && length(v) == 17) ? "" : "not a MAC address (xx:xx:xx:xx:xx:xx)"
     if (type == "bool") return (kind == "P" && (v == "true" || v == "false")) ? "" : "must be true or false (unquoted)"
@@ -427,32 +490,30 @@ function check_value(kind, type, v,    addr, prefix, slash, w, n, ls, i, ok) {
     return "unknown type " type
 }
 
-function under(path,    i, p) {
-    for (i = 1; i <= nskip; i++) {
-        p = skip[i]
-        if (substr(path, 1, length(p) + 1) == p "." || substr(path, 1, length(p) + 1) == p "[") return 1
-    }
-    return 0
+# A node below a skipped node (unknown key, wrong kind) is skipped too: its parent says so.
+function under(i) {
+    return n_parent[i] > 0 && (skipped[n_parent[i]] || hidden[n_parent[i]])
 }
 
-function add_skip(path) {
-    nskip++
-    skip[nskip] = path
+function add_skip(i) {
+    skipped[i] = 1
 }
 
 function validate(    i, path, norm, type, k, key, pat, name, msg, kind, p, dhcp, sub_i, subs, o, line, has_id, has_key, present, missing) {
-    nskip = 0
     for (i = 1; i <= nn; i++) {
         path = n_path[i]
-        if (under(path)) continue
+        if (under(i)) {
+            hidden[i] = 1
+            continue
+        }
         norm = path
         gsub(/\[[0-9]+\]/, "[]", norm)
         type = ""
         if (norm in sk_type) type = sk_type[norm]
         else {
-            for (k = 1; k <= nsk; k++) {
-                key = sk_order[k]
-                if (sk_type[key] == "map_any" && substr(norm, 1, length(key) + 1) == key "." && ((key ".*") in sk_type)) {
+            for (k = 1; k <= nmapany; k++) {
+                key = mapany[k]
+                if (substr(norm, 1, length(key) + 1) == key ".") {
                     type = sk_type[key ".*"]
                     pat = sk_pat[key]
                     if (pat == "") pat = "^.+$"
@@ -464,32 +525,32 @@ function validate(    i, path, norm, type, k, key, pat, name, msg, kind, p, dhcp
         }
         if (type == "") {
             diag("WARN", n_line[i], path, "unknown key: ignored")
-            add_skip(path)
+            add_skip(i)
             continue
         }
         if (type == "badname") {
             diag("ERROR", n_line[i], path, "invalid name")
-            add_skip(path)
+            add_skip(i)
             continue
         }
         kind = n_kind[i]
         if (type == "map" || type == "map_any") {
             if (kind != "M" && kind != "Z") {
                 diag("ERROR", n_line[i], path, "must be a mapping ('key: value' entries)")
-                add_skip(path)
+                add_skip(i)
             }
             continue
         }
         if (type == "list") {
             if (kind != "L" && kind != "Z") {
                 diag("ERROR", n_line[i], path, "must be a list")
-                add_skip(path)
+                add_skip(i)
             }
             continue
         }
         if (kind == "M" || kind == "L") {
             diag("ERROR", n_line[i], path, "must be a single value, not a mapping or list")
-            add_skip(path)
+            add_skip(i)
             continue
         }
         if (kind == "Z") {
@@ -501,12 +562,17 @@ function validate(    i, path, norm, type, k, key, pat, name, msg, kind, p, dhcp
     }
     # Rules that involve several keys.
     for (i = 1; i <= nn; i++) {
-        if (n_kind[i] != "M" || under(n_path[i])) continue
+        if (n_kind[i] != "M" || hidden[i]) continue
         p = n_path[i]
         norm = p
         gsub(/\[[0-9]+\]/, "[]", norm)
         if (norm == "network.interfaces[]") {
-            if (((p ".name") in bypath) == ((p ".mac") in bypath)) diag("ERROR", n_line[i], p, "needs exactly one of name or mac")
+            if (((p ".name") in bypath) && ((p ".mac") in bypath)) diag("ERROR", n_line[i], p, "give name or mac, not both")
+            else if (!((p ".name") in bypath) && !((p ".mac") in bypath)) {
+                # Neither: the primary interface stage 50 picks; only one entry can mean it.
+                if (primary_seen) diag("ERROR", n_line[i], p, "only one interface may leave out both name and mac (the primary one)")
+                primary_seen = 1
+            }
             dhcp = ((p ".dhcp") in bypath) ? bypath[p ".dhcp"] : 0
             if (dhcp && n_val[dhcp] == "true" && n_kind[dhcp] == "P") {
                 subs[1] = "addresses"
@@ -593,7 +659,7 @@ function check_flag(v,    name, eq, given, base, low) {
 
 function check_flag_repeats(    i, base, seen_flag) {
     for (i = 1; i <= nn; i++) {
-        if (n_path[i] !~ /^kubesolo[.]flags[[][0-9]+[]]$/ || under(n_path[i])) continue
+        if (n_path[i] !~ /^kubesolo[.]flags[[][0-9]+[]]$/ || skipped[i] || hidden[i]) continue
         if ((n_kind[i] != "P" && n_kind[i] != "Q") || check_flag(n_val[i]) != "") continue
         base = flag_base(n_val[i])
         if (base in seen_flag) diag("ERROR", n_line[i], n_path[i], "--" base " is given more than once")
@@ -602,28 +668,32 @@ function check_flag_repeats(    i, base, seen_flag) {
 }
 
 END {
+    if (toobig) {
+        # Nothing of a file over the limit is parsed or reported but this.
+        printf "D\tERROR\t1\t\tthe file is larger than the maximum of %d bytes (docs/cloud-init.md)\n", maxbytes
+        exit
+    }
     if (!err) {
         if (blk) finish_block()
         if (pend) {
-            emit("Z", pend_line, pend_path, "")
+            emit("Z", pend_line, pend_path, "", pend_parent)
             pend = 0
         }
         validate()
     }
     for (i = 1; i <= nn; i++) printf "N\t%s\t%d\t%s\t%s\n", n_kind[i], n_line[i], n_path[i], esc(n_val[i])
-    # Stable sort of the diagnostics by line.
-    for (i = 1; i <= nd; i++) order[i] = i
-    for (i = 2; i <= nd; i++) {
-        k = order[i]
-        j = i - 1
-        while (j >= 1 && d_line[order[j]] > d_line[k]) {
-            order[j + 1] = order[j]
-            j--
-        }
-        order[j + 1] = k
-    }
+    # Diagnostics by line, in the order they were made within a line (a stable bucket sort).
+    maxline = 0
     for (i = 1; i <= nd; i++) {
-        k = order[i]
-        printf "D\t%s\t%d\t%s\t%s\n", d_level[k], d_line[k], d_key[k], d_msg[k]
+        l = d_line[i] + 0
+        bucket_n[l]++
+        bucket[l, bucket_n[l]] = i
+        if (l > maxline) maxline = l
+    }
+    for (l = 0; l <= maxline; l++) {
+        for (j = 1; j <= bucket_n[l]; j++) {
+            k = bucket[l, j]
+            printf "D\t%s\t%d\t%s\t%s\n", d_level[k], d_line[k], d_key[k], d_msg[k]
+        }
     }
 }

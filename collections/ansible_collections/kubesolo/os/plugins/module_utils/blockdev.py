@@ -283,3 +283,73 @@ def refusal(info: dict[str, Any], image: dict[str, Any] | None, allow_fixed_disk
     if info["size"] < image["size"]:
         return refuse("size", f"it is too small ({human(info['size'])}; the image needs {human(image['size'])})")
     return None
+
+
+# --- growing an ext4 file system ------------------------------------------------------------------
+
+def ext4_grow_script(node: str, mounted: bool, sbin: str = "/sbin") -> str:
+    """POSIX sh (busybox ash or dash) that grows the ext4 file system on ``node`` to fill its partition.
+
+    Offline: ``e2fsck -f -p`` first (errors it cannot fix stop it); when the file system has a resize
+    inode whose reserved group descriptor blocks cannot describe the new size (an ext4 made at 64 MiB
+    reserves room for about 1024 times that: a stick over 64 GiB exceeds it, and resize2fs then fails
+    with "Illegal doubly indirect block found", leaving a file system e2fsck rejects), the resize inode is
+    removed first (``tune2fs -O ^resize_inode`` and the ``e2fsck -f -y`` it requires, only on a file system
+    that was just found clean); resize2fs then grows it without one (flex_bg moves what it must), to any
+    size up to the MBR and GPT limits. Online (mounted): resize2fs asks the kernel, which converts to
+    meta_bg by itself when the reserve runs out. Either way the result is checked: the block count must
+    reach the partition's size (less one block group) and, offline, ``e2fsck -f -n`` must pass. Exits
+    non-zero with one line saying what failed; prints what it did.
+    """
+    q = "'" + node.replace("'", "'\\''") + "'"
+    script = f"""P={q}
+S={sbin}
+fail() {{ echo "$*"; exit 1; }}
+tail_of() {{ printf '%s' "$out" | tail -n "$1" | tr '\n' ' '; }}
+val() {{ printf '%s\\n' "$INFO" | sed -n "s/^$1:[[:space:]]*//p" | head -n 1; }}
+part_bytes() {{ echo $(( $(cat "/sys/class/block/${{P##*/}}/size") * 512 )); }}
+read_info() {{ INFO=$("$S/tune2fs" -l "$P" 2>&1) || fail "tune2fs -l $P failed: $INFO"; }}
+"""
+    if mounted:
+        script += """read_info
+before=$(val 'Block count')
+out=$("$S/resize2fs" "$P" 2>&1) || fail "online resize2fs of $P (mounted) failed: $(tail_of 2)"
+"""
+    else:
+        script += """"$S/e2fsck" -f -p "$P" >/dev/null 2>&1
+rc=$?
+[ "$rc" -le 1 ] ||
+    fail "e2fsck -f -p $P exited $rc: the file system has errors it cannot fix; repair it by hand (e2fsck $P) first"
+read_info
+before=$(val 'Block count')
+case $(val 'Filesystem features') in
+    *resize_inode*)
+        bs=$(val 'Block size')
+        bpg=$(val 'Blocks per group')
+        rgdt=$(val 'Reserved GDT blocks')
+        ds=$(val 'Group descriptor size')
+        dpb=$(( bs / ${ds:-32} ))
+        groups=$(( (before + bpg - 1) / bpg ))
+        room=$(( ((groups + dpb - 1) / dpb + ${rgdt:-0}) * dpb ))
+        need=$(( ($(part_bytes) / bs + bpg - 1) / bpg ))
+        if [ "$need" -gt "$room" ]; then
+            echo "the resize inode of $P reserves room for $room block groups, $need are needed: removing it"
+            out=$("$S/tune2fs" -O ^resize_inode "$P" 2>&1) || fail "tune2fs -O ^resize_inode $P failed: $out"
+            "$S/e2fsck" -f -y "$P" >/dev/null 2>&1
+            rc=$?
+            [ "$rc" -le 1 ] || fail "e2fsck -f -y $P exited $rc after removing the resize inode"
+        fi
+        ;;
+esac
+out=$("$S/resize2fs" "$P" 2>&1) || fail "resize2fs $P failed: $(tail_of 2)"
+out=$("$S/e2fsck" -f -n "$P" 2>&1) || fail "e2fsck -f -n $P reports errors after growing: $(tail_of 3)"
+"""
+    script += """read_info
+after=$(val 'Block count')
+bs=$(val 'Block size')
+bpg=$(val 'Blocks per group')
+[ $(( (after + bpg) * bs )) -ge "$(part_bytes)" ] ||
+    fail "the file system on $P did not grow to its partition ($after blocks of $bs bytes, $(part_bytes) bytes)"
+echo "grew the ext4 file system on $P from $before to $after blocks of $bs bytes"
+"""
+    return script

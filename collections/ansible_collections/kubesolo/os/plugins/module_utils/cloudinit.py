@@ -10,6 +10,10 @@ Flat form, one record per line (values escaped: backslash, newline, tab as \\\\,
   N<TAB>kind<TAB>line<TAB>path<TAB>value   kind: M mapping, L list, Z null (`key:` and nothing),
                                            P plain, Q quoted, B block (`|`) scalar
   D<TAB>level<TAB>line<TAB>key<TAB>message level: ERROR or WARN
+
+Input is bytes (a str is encoded as UTF-8): a file larger than the schema's max_bytes is refused
+with one error at line 1 and nothing else; a UTF-8 byte order mark at the start is skipped; a line
+that is not valid UTF-8 is a syntax error on that line. Every step is linear in the file's size.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from typing import Any
 KEY_RE = re.compile(r"^[A-Za-z0-9_./-]+:( |$)")
 BLOCK_RE = re.compile(r"^\|(-?)( +#.*)?$")
 INDEX_RE = re.compile(r"\[[0-9]+\]")
+BOM = b"\xef\xbb\xbf"
+# Bytes that are not UTF-8 decode (surrogateescape) to these lone surrogates.
+BAD_BYTE_RE = re.compile("[\udc80-\udcff]")
+NOT_UTF8 = "not valid UTF-8 text (save the file as UTF-8)"
 SSH_KEY_TYPES = (
     "ssh-ed25519",
     "ssh-rsa",
@@ -43,6 +51,7 @@ class Node:
     line: int
     path: str
     value: str = ""
+    parent: str = ""  # path of the container holding the node ("" at the top level)
 
 
 @dataclass
@@ -164,12 +173,12 @@ class _Parser:
         # Stack of open containers: [indent of children, kind M|L, path, next list index].
         self.stack: list[list[Any]] = [[0, "M", "", 0]]
         self.seen: set[tuple[str, str]] = set()
-        self.pending: tuple[str, int, int] | None = None  # path, indent, line
+        self.pending: tuple[str, int, int, str] | None = None  # path, indent, line, parent
         self.block: dict[str, Any] | None = None
         self.content_seen = False
 
-    def emit(self, kind: str, line: int, path: str, value: str = "") -> None:
-        self.nodes.append(Node(kind, line, path, value))
+    def emit(self, kind: str, line: int, path: str, value: str = "", parent: str = "") -> None:
+        self.nodes.append(Node(kind, line, path, value, parent))
 
     def finish_block(self) -> None:
         block = self.block
@@ -181,7 +190,7 @@ class _Parser:
         value = "\n".join(lines)
         if lines and not block["strip"]:
             value += "\n"
-        self.emit("B", block["line"], block["path"], value)
+        self.emit("B", block["line"], block["path"], value, block["parent_path"])
         self.block = None
 
     def run(self) -> None:
@@ -191,10 +200,12 @@ class _Parser:
             self.finish_block()
         if self.pending is not None:
             path, line = self.pending[0], self.pending[2]
-            self.emit("Z", line, path)
+            self.emit("Z", line, path, "", self.pending[3])
             self.pending = None
 
     def line(self, number: int, text: str) -> None:
+        if BAD_BYTE_RE.search(text):
+            raise ParseError(number, "", NOT_UTF8)
         spaces = len(text) - len(text.lstrip(" "))
         if self.block is not None:
             block = self.block
@@ -221,16 +232,16 @@ class _Parser:
             raise ParseError(number, key_here, "only one YAML document is supported")
         content = text[spaces:].rstrip(" \t")
         if self.pending is not None:
-            path, indent, line = self.pending
+            path, indent, line, parent = self.pending
             self.pending = None
             if spaces == indent + 2:
                 kind = "L" if content == "-" or content.startswith("- ") else "M"
-                self.emit(kind, line, path)
+                self.emit(kind, line, path, "", parent)
                 self.stack.append([spaces, kind, path, 0])
             elif spaces > indent:
                 raise ParseError(number, path, f"indent nested entries by exactly 2 spaces (expected {indent + 2})")
             else:
-                self.emit("Z", line, path)
+                self.emit("Z", line, path, "", parent)
         while len(self.stack) > 1 and self.stack[-1][0] > spaces:
             self.stack.pop()
         top = self.stack[-1]
@@ -252,7 +263,7 @@ class _Parser:
         if (top[2], key) in self.seen:
             raise ParseError(number, path, "duplicate key")
         self.seen.add((top[2], key))
-        self.value(number, path, content[len(key) + 1:].lstrip(" "), indent)
+        self.value(number, path, content[len(key) + 1:].lstrip(" "), indent, top[2])
 
     def list_item(self, number: int, top: list[Any], content: str, indent: int) -> None:
         if not (content == "-" or content.startswith("- ")):
@@ -265,21 +276,21 @@ class _Parser:
         if rest.startswith(" "):
             raise ParseError(number, path, "put exactly one space after '-'")
         if KEY_RE.match(rest):
-            self.emit("M", number, path)
+            self.emit("M", number, path, "", top[2])
             entry = [indent + 2, "M", path, 0]
             self.stack.append(entry)
             self.map_entry(number, entry, rest, indent + 2)
             return
-        self.value(number, path, rest, indent)
+        self.value(number, path, rest, indent, top[2])
 
-    def value(self, number: int, path: str, rest: str, indent: int) -> None:
+    def value(self, number: int, path: str, rest: str, indent: int, parent: str) -> None:
         if rest == "" or rest.startswith("#"):
-            self.pending = (path, indent, number)
+            self.pending = (path, indent, number, parent)
             return
         block = BLOCK_RE.match(rest)
         if block:
-            self.block = {"path": path, "parent": indent, "line": number, "strip": block.group(1) == "-",
-                          "indent": None, "lines": []}
+            self.block = {"path": path, "parent": indent, "parent_path": parent, "line": number,
+                          "strip": block.group(1) == "-", "indent": None, "lines": []}
             return
         if rest.startswith(">"):
             raise ParseError(number, path, "folded block values ('>') are not supported: use '|'")
@@ -291,7 +302,7 @@ class _Parser:
             if after.strip(" \t") and not re.match(r"^ +#", after):
                 raise ParseError(number, path, "unexpected text after the closing ']'")
             inner = rest[1:end]
-            self.emit("L", number, path)
+            self.emit("L", number, path, "", parent)
             if inner.strip(" ") == "":
                 return
             for index, item in enumerate(inner.split(",")):
@@ -300,10 +311,10 @@ class _Parser:
                 if item == "":
                     raise ParseError(number, item_path, "empty item in a flow list")
                 kind, value = parse_scalar(item, number, item_path, in_flow=True)
-                self.emit(kind, number, item_path, value)
+                self.emit(kind, number, item_path, value, path)
             return
         kind, value = parse_scalar(rest, number, path)
-        self.emit(kind, number, path, value)
+        self.emit(kind, number, path, value, parent)
 
 
 def parse(text: str) -> tuple[list[Node], Diagnostic | None]:
@@ -332,8 +343,8 @@ def _is_ipv4(value: str) -> bool:
     return True
 
 
-def _is_hostname(value: str) -> bool:
-    if value == "" or len(value) > 253 or not re.match(r"^[a-z0-9.-]+$", value):
+def _is_hostname(value: str, limit: int = 253) -> bool:
+    if value == "" or len(value) > limit or not re.match(r"^[a-z0-9.-]+$", value):
         return False
     for label in value.split("."):
         if label == "" or len(label) > 63 or label.startswith("-") or label.endswith("-"):
@@ -351,7 +362,8 @@ def check_value(kind: str, type_name: str, value: str, schema: dict[str, Any]) -
     if type_name in ("string", "text", "secret", "sysctl_value"):
         return ""
     if type_name == "hostname":
-        return "" if _is_hostname(value) else "not a lowercase RFC 1123 host name"
+        # The node name: the kernel's limit (sethostname, HOST_NAME_MAX) is 64 characters.
+        return "" if _is_hostname(value, 64) else "not a lowercase RFC 1123 host name of at most 64 characters"
     if type_name == "host":
         return "" if _is_ipv4(value) or _is_hostname(value.lower()) else "not a host name or IPv4 address"
     if type_name == "ifname":
@@ -405,7 +417,7 @@ def load_schema(data: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
         if entry["type"] not in CONTAINER_TYPES + VALUE_TYPES:
             raise ValueError(f"schema key {entry['key']}: unknown type {entry['type']}")
         keys[entry["key"]] = entry
-    return {"keys": keys, "persistent_dirs": list(data["persistent_dirs"]),
+    return {"keys": keys, "persistent_dirs": list(data["persistent_dirs"]), "max_bytes": int(data["max_bytes"]),
             "mandatory_no_proxy": list(data.get("mandatory_no_proxy", [])),
             "kubesolo_flags": load_flags(flags)}
 
@@ -466,12 +478,13 @@ def check_flag(value: str, flags: dict[str, Any]) -> str:
     return ""
 
 
-def check_flag_repeats(nodes: list[Node], flags: dict[str, Any], skipped: list[str]) -> list[Diagnostic]:
-    """An ERROR for each item of kubesolo.flags that sets a flag an earlier item set already."""
+def check_flag_repeats(nodes: list[Node], flags: dict[str, Any], excluded: set[str]) -> list[Diagnostic]:
+    """An ERROR for each item of kubesolo.flags that sets a flag an earlier item set already; nodes in
+    excluded (skipped, or below a skipped node) are passed over."""
     out: list[Diagnostic] = []
     seen: set[str] = set()
     for node in nodes:
-        if not re.match(r"^kubesolo\.flags\[[0-9]+\]$", node.path) or _under(node.path, skipped):
+        if not re.match(r"^kubesolo\.flags\[[0-9]+\]$", node.path) or node.path in excluded:
             continue
         if node.kind not in ("P", "Q") or check_flag(node.value, flags):
             continue
@@ -482,49 +495,49 @@ def check_flag_repeats(nodes: list[Node], flags: dict[str, Any], skipped: list[s
     return out
 
 
-def _under(path: str, prefixes: list[str]) -> bool:
-    return any(path.startswith(p + ".") or path.startswith(p + "[") for p in prefixes)
-
-
 def validate(nodes: list[Node], schema: dict[str, Any]) -> list[Diagnostic]:
     keys = schema["keys"]
     out: list[Diagnostic] = []
-    skipped: list[str] = []
+    # A node below a skipped node (unknown key, wrong kind) is skipped too: its parent says so.
+    skipped: set[str] = set()
+    hidden: set[str] = set()
     by_path = {n.path: n for n in nodes}
+    map_any = [k for k, c in keys.items() if c["type"] == "map_any" and k + ".*" in keys]
     for node in nodes:
-        if _under(node.path, skipped):
+        if node.parent and (node.parent in skipped or node.parent in hidden):
+            hidden.add(node.path)
             continue
         norm = INDEX_RE.sub("[]", node.path)
         entry = keys.get(norm)
         if entry is None:
-            for key, candidate in keys.items():
-                if candidate["type"] == "map_any" and norm.startswith(key + ".") and key + ".*" in keys:
+            for key in map_any:
+                if norm.startswith(key + "."):
                     entry = keys[key + ".*"]
-                    if not re.match(candidate.get("key_pattern", "^.+$"), norm[len(key) + 1:]):
+                    if not re.match(keys[key].get("key_pattern", "^.+$"), norm[len(key) + 1:]):
                         entry = {"type": "badname"}
                     break
         if entry is None:
             out.append(Diagnostic("WARN", node.line, node.path, "unknown key: ignored"))
-            skipped.append(node.path)
+            skipped.add(node.path)
             continue
         if entry["type"] == "badname":
             out.append(Diagnostic("ERROR", node.line, node.path, "invalid name"))
-            skipped.append(node.path)
+            skipped.add(node.path)
             continue
         type_name = entry["type"]
         if type_name in ("map", "map_any"):
             if node.kind not in ("M", "Z"):
                 out.append(Diagnostic("ERROR", node.line, node.path, "must be a mapping ('key: value' entries)"))
-                skipped.append(node.path)
+                skipped.add(node.path)
             continue
         if type_name == "list":
             if node.kind not in ("L", "Z"):
                 out.append(Diagnostic("ERROR", node.line, node.path, "must be a list"))
-                skipped.append(node.path)
+                skipped.add(node.path)
             continue
         if node.kind in ("M", "L"):
             out.append(Diagnostic("ERROR", node.line, node.path, "must be a single value, not a mapping or list"))
-            skipped.append(node.path)
+            skipped.add(node.path)
             continue
         if node.kind == "Z":
             out.append(Diagnostic("ERROR", node.line, node.path, "has no value"))
@@ -533,14 +546,21 @@ def validate(nodes: list[Node], schema: dict[str, Any]) -> list[Diagnostic]:
         if message:
             out.append(Diagnostic("ERROR", node.line, node.path, message))
     # Rules that involve several keys.
+    primary_seen = False
     for node in nodes:
-        if node.kind != "M" or _under(node.path, skipped):
+        if node.kind != "M" or node.path in hidden:
             continue
         norm = INDEX_RE.sub("[]", node.path)
         p = node.path
         if norm == "network.interfaces[]":
-            if (p + ".name" in by_path) == (p + ".mac" in by_path):
-                out.append(Diagnostic("ERROR", node.line, p, "needs exactly one of name or mac"))
+            if p + ".name" in by_path and p + ".mac" in by_path:
+                out.append(Diagnostic("ERROR", node.line, p, "give name or mac, not both"))
+            elif p + ".name" not in by_path and p + ".mac" not in by_path:
+                # Neither: the primary interface stage 50 picks; only one entry can mean it.
+                if primary_seen:
+                    out.append(Diagnostic("ERROR", node.line, p,
+                                          "only one interface may leave out both name and mac (the primary one)"))
+                primary_seen = True
             dhcp = by_path.get(p + ".dhcp")
             if dhcp is not None and dhcp.value == "true" and dhcp.kind == "P":
                 for sub in ("addresses", "gateway"):
@@ -562,14 +582,20 @@ def validate(nodes: list[Node], schema: dict[str, Any]) -> list[Diagnostic]:
                 missing = p + (".portainer_edge_key" if has_id else ".portainer_edge_id")
                 out.append(Diagnostic("ERROR", present.line, missing,
                                       "portainer_edge_id and portainer_edge_key must be given together"))
-    out += check_flag_repeats(nodes, schema["kubesolo_flags"], skipped)
+    out += check_flag_repeats(nodes, schema["kubesolo_flags"], skipped | hidden)
     out.sort(key=lambda d: d.line)
     return out
 
 
-def check(text: str, schema: dict[str, Any]) -> Result:
-    """Parse and validate a cloud-init file's text against a schema from load_schema()."""
-    nodes, error = parse(text)
+def check(content: bytes | str, schema: dict[str, Any]) -> Result:
+    """Parse and validate a cloud-init file (its bytes) against a schema from load_schema()."""
+    data = content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape")
+    if len(data) > schema["max_bytes"]:
+        message = f"the file is larger than the maximum of {schema['max_bytes']} bytes (docs/cloud-init.md)"
+        return Result([], [Diagnostic("ERROR", 1, "", message)])
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    nodes, error = parse(data.decode("utf-8", "surrogateescape"))
     if error is not None:
         return Result(nodes, [error])
     return Result(nodes, validate(nodes, schema))

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.kubesolo.os.plugins.module_utils.blockdev import ext4_grow_script
+
 SECTOR = 512
 GIB = 1024**3
 DEFAULT_LABEL = "KSOLODATA"
@@ -32,6 +34,7 @@ SFDISK = "/sbin/sfdisk"
 MKE2FS = "/sbin/mke2fs"
 E2FSCK = "/sbin/e2fsck"
 RESIZE2FS = "/sbin/resize2fs"
+SBIN = "/sbin"
 # Devices never considered as data disks: RAM disks, compressed RAM, device-mapper/RAID/loop
 # block devices (loop only unless named in the candidate allow-list), floppies and optical drives.
 IGNORED_PREFIXES = ("ram", "zram", "dm-", "md", "loop", "fd", "nbd", "sr")
@@ -281,6 +284,8 @@ class Decision:
     partition_number: int = 1
     mountpoint: str = ""  # where it is mounted already ("" when not mounted)
     grow_sectors: int = 0  # free sectors after an existing partition (when it is the last one)
+    part_sectors: int = 0  # size of the existing partition
+    fs_short_bytes: int = 0  # how much smaller than its partition the file system is (set by provision())
     refused: list[dict[str, Any]] = field(default_factory=list)  # disks passed over and why
 
 
@@ -357,7 +362,7 @@ def decide(disks: list[Disk], device: str = "", wipe: bool = False, min_size_gib
             free = max(0, usable_end - (part.start + part.size))
             free = free if free >= 2048 else 0  # ignore alignment slack below 1 MiB
         return Decision("existing", disk, part.path, part.number, mountpoint=(part.mountpoints or [""])[0],
-                        grow_sectors=free)
+                        grow_sectors=free, part_sectors=part.size)
 
     if device:
         disk, part = _match(disks, device)
@@ -431,16 +436,44 @@ def create_steps(decision: Decision, label: str = DEFAULT_LABEL, wipe: bool = Fa
 
 
 def grow_steps(decision: Decision) -> list[Step]:
+    """Grow the partition (when there is room after it) and its ext4 file system (when it is smaller than
+    the partition). Every command's failure fails the step: nothing is claimed that did not happen."""
     disk, part, num = decision.disk.path, decision.partition, decision.partition_number
-    resize = f"{RESIZE2FS} {part} 2>&1"
-    if not decision.mountpoint:
-        resize = f"{E2FSCK} -f -p {part} 2>&1; {resize}"
-    return [
-        Step(f"grow partition {num} of {disk} to the end of the disk",
-             f"{SFDISK} --relocate gpt-bak-std {disk} 2>&1; echo ', +' | {SFDISK} --quiet -N {num} {disk} 2>&1; "
-             f"partx -u {disk} 2>/dev/null || true"),
-        Step(f"grow the ext4 file system on {part}", resize),
-    ]
+    steps = []
+    if decision.grow_sectors:
+        # --no-reread: sfdisk refuses a disk in use (KSOLODATA mounted) otherwise; the kernel learns the
+        # new size of the partition with partx -u (BLKPG, allowed while mounted), which is then checked.
+        name = part.rsplit("/", 1)[-1]
+        new_size = decision.part_sectors + decision.grow_sectors
+        steps.append(Step(
+            f"grow partition {num} of {disk} to the end of the disk",
+            # The backup GPT to the new end of the disk (not needed, and refused, on an MBR disk).
+            f"set -e; {SFDISK} --relocate gpt-bak-std {disk} 2>&1 || true; "
+            f"echo ', +' | {SFDISK} --quiet --no-reread --no-tell-kernel -N {num} {disk} 2>&1; "
+            f"partx -u -n {num} {disk} 2>&1 || true; "
+            f"size=$(cat /sys/class/block/{name}/size); "
+            f"[ \"$size\" -ge {new_size - 2048} ] || {{ echo \"the partition table says partition {num} is "
+            f"larger now, but the kernel still sees $size sectors for {part}: reboot, then run again\"; exit 1; }}"))
+    steps.append(Step(f"grow the ext4 file system on {part}" + (" (online)" if decision.mountpoint else ""),
+                      ext4_grow_script(part, mounted=bool(decision.mountpoint), sbin=SBIN)))
+    return steps
+
+
+def fs_shortfall(run: Callable[[str], tuple[int, str, str]], decision: Decision) -> int:
+    """Bytes by which the ext4 file system on the partition is smaller than the partition (0: fills it,
+    within one block group)."""
+    rc, out, _err = run(f"{SBIN}/tune2fs -l {decision.partition} 2>/dev/null")
+    if rc != 0:
+        return 0
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    try:
+        blocks = int(info["Block count"].strip())
+        size = int(info["Block size"].strip())
+        per_group = int(info["Blocks per group"].strip())
+    except (KeyError, ValueError):
+        return 0
+    short = decision.part_sectors * SECTOR - blocks * size
+    return short if short > per_group * size else 0
 
 
 def _q(value: str) -> str:
@@ -498,10 +531,17 @@ def _redact(content: bytes) -> str:
 
 
 def config_changes(files: list[dict[str, Any]], dirs: list[dict[str, str]],
-                   state: tuple[dict[str, tuple[str, bytes]], dict[str, str]]) -> list[dict[str, Any]]:
-    """Which directories to create and files to write; each change carries a diff (secrets redacted)."""
+                   state: tuple[dict[str, tuple[str, bytes]], dict[str, str]],
+                   remove: list[str] | None = None) -> list[dict[str, Any]]:
+    """Which directories to create, files to write and files to remove; each change carries a diff
+    (secrets redacted)."""
     have_files, have_dirs = state
     changes: list[dict[str, Any]] = []
+    for path in remove or []:
+        if path in have_files:
+            changes.append({"kind": "remove", "path": path, "mode": have_files[path][0], "state": "remove",
+                            "diff": {"before_header": path, "after_header": path,
+                                     "before": have_files[path][1].decode("utf-8", "replace"), "after": ""}})
     for entry in dirs:
         if entry["path"] not in have_dirs:
             changes.append({"kind": "dir", "path": entry["path"], "mode": entry["mode"],
@@ -561,14 +601,20 @@ def provision(run: Callable[[str], tuple[int, str, str]], params: dict[str, Any]
     if decision.action == "create":
         wiped = bool(decision.disk.signatures())
         plan += create_steps(decision, label, wiped)
-    elif decision.grow_sectors:
-        result["growable_bytes"] = decision.grow_sectors * SECTOR
-        if params.get("grow"):
-            plan += grow_steps(decision)
+    else:
+        if decision.grow_sectors:
+            result["growable_bytes"] = decision.grow_sectors * SECTOR
+        if params.get("grow") and decision.partition_number:
+            # A file system smaller than its partition (an earlier grow whose file system step failed,
+            # e.g. online without the kernel's help) is grown too; nothing to do is no change.
+            decision.fs_short_bytes = fs_shortfall(run, decision)
+            if decision.grow_sectors or decision.fs_short_bytes:
+                plan += grow_steps(decision)
     result["wiped"] = wiped
     update = decision.action == "create" or bool(params.get("update_config"))
     files = params.get("files") or []
     dirs = params.get("directories") or []
+    remove = list(params.get("remove_files") or [])
     executed: list[str] = []
     diffs: list[dict[str, Any]] = []
 
@@ -593,10 +639,11 @@ def provision(run: Callable[[str], tuple[int, str, str]], params: dict[str, Any]
                              f"mkdir -p {_q(mount_dir)} && mount -t ext4 -o {opts} {decision.partition} {_q(mount_dir)}"
                              " 2>&1"), [])
             mounted_here = True
-        rc, out, err = run(file_state_command(mount_dir, [f["path"] for f in files], [d["path"] for d in dirs]))
+        rc, out, err = run(file_state_command(mount_dir, [f["path"] for f in files] + remove,
+                                              [d["path"] for d in dirs]))
         if rc != 0:
             raise KsolodataError(f"Cannot read the configuration on {decision.partition}: {err.strip()}")
-        changes = config_changes(files, dirs, parse_file_state(out))
+        changes = config_changes(files, dirs, parse_file_state(out), remove)
         diffs = [c["diff"] for c in changes]
         if not update:
             result["config_drift"] = [c["path"] for c in changes]
@@ -606,6 +653,8 @@ def provision(run: Callable[[str], tuple[int, str, str]], params: dict[str, Any]
                 if change["kind"] == "dir":
                     command = f"mkdir -p {_q(mount_dir + '/' + change['path'])} && chmod {change['mode']} " \
                               f"{_q(mount_dir + '/' + change['path'])}"
+                elif change["kind"] == "remove":
+                    command = f"rm -f {_q(mount_dir + '/' + change['path'])}"
                 else:
                     command = write_file_command(mount_dir, change["path"], change["content"], change["mode"])
                 _check(run, Step(f"{'create' if change['kind'] == 'dir' else change['state']} {change['path']}",
@@ -634,6 +683,8 @@ def _describe(changes: list[dict[str, Any]]) -> list[str]:
     for change in changes:
         if change["kind"] == "dir":
             out.append(f"create directory {change['path']} ({change['mode']})")
+        elif change["kind"] == "remove":
+            out.append(f"remove {change['path']}")
         else:
             out.append(f"{change['state']} {change['path']} ({change['mode']})")
     return out

@@ -150,15 +150,17 @@ def run_module() -> None:
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
         module.fail_json(msg=f"cannot load the schema {params['schema']} and flag table {flags_file}: {exc}")
     source = params["path"] or "content"
+    content: bytes | str
     if params["path"]:
+        # Bytes: a byte that is not UTF-8 is reported on its line by the parser, like the boot does.
         try:
-            with open(params["path"], encoding="utf-8", newline="") as handle:
-                text = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
+            with open(params["path"], "rb") as handle:
+                content = handle.read()
+        except OSError as exc:
             module.fail_json(msg=f"cannot read {params['path']}: {exc}")
     else:
-        text = params["content"]
-    result = check(text, schema)
+        content = params["content"]
+    result = check(content, schema)
 
     def as_dicts(diagnostics: list[Any]) -> list[dict[str, Any]]:
         return [{"key": d.key, "line": d.line, "message": d.message} for d in diagnostics]

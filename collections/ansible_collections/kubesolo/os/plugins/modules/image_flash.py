@@ -20,7 +20,9 @@ description:
     reads the written bytes back and compares their SHA256 with the image's. A mismatch fails the task.
   - Then makes the data partition (an ext4 file system labelled O(data_label)) use the rest of the device
     (O(grow)); the partition is extended to the end of the device and the file system resized with
-    C(e2fsck -f -p) and C(resize2fs); an image without such a partition (an ISO) gets one created after it.
+    C(e2fsck -f -p) and C(resize2fs), to any size (a resize inode too small for the stick is removed
+    first), then checked with C(e2fsck -f -n); an image without such a partition (an ISO) gets one created
+    after it.
   - With O(keep_data) only the image's boot part (every byte before its data partition) is written, and the
     partition table is rewritten so that the device's existing data partition keeps its start (and grows
     to the end of the device with O(grow)). Not one byte of the data partition is written. This is the
@@ -82,7 +84,7 @@ notes:
   - The module opens the device with C(O_EXCL), so the kernel refuses if anything still holds it.
 requirements:
   - util-linux (C(lsblk), C(blkid), C(partx), C(blockdev)), fdisk (C(sfdisk)), e2fsprogs (C(e2fsck),
-    C(resize2fs), C(mke2fs)).
+    C(resize2fs), C(mke2fs), C(tune2fs)).
 attributes:
   check_mode:
     support: full
@@ -142,6 +144,11 @@ grown:
   description: Whether the data partition or its file system was grown (or created).
   returned: always
   type: bool
+grow_log:
+  description: What growing the file system did (e.g. the resize inode removed), one line each.
+  returned: when an existing data file system was grown
+  type: list
+  elements: str
 plan:
   description: What is (or would be) done, one line per step.
   returned: always
@@ -423,10 +430,12 @@ def run_module() -> None:
         if new_data.get("create"):
             module.run_command(["mke2fs", "-q", "-F", "-t", "ext4", "-L", label, node], check_rc=True)
         else:
-            rc, out, err = module.run_command(["e2fsck", "-f", "-p", node])
-            if rc not in (0, 1):
-                module.fail_json(msg=f"e2fsck -f -p {node} exited {rc}: {out}{err}", **result)
-            module.run_command(["resize2fs", node], check_rc=True)
+            # Any size up to the MBR limit: the resize-inode limit is handled (blockdev.ext4_grow_script).
+            rc, out, err = module.run_command(["/bin/sh", "-c", blockdev.ext4_grow_script(node, mounted=False)])
+            if rc != 0:
+                module.fail_json(msg=f"Growing the {label} file system on {node} failed: {(out + err).strip()}",
+                                 **result)
+            result["grow_log"] = out.strip().splitlines()
         result["grown"] = True
         result["data_node"] = node
     module.exit_json(msg="Wrote and verified " + device, **result)

@@ -125,6 +125,14 @@ options:
         description: Octal mode.
         type: str
         default: "0600"
+  remove_files:
+    description:
+      - Files to delete from the data file system (relative paths), e.g. a file an earlier release used
+        that a new one replaces. Like O(files), only acted on when the configuration is written (a new
+        file system, or O(update_config=true)); an absent file is no change.
+    type: list
+    elements: str
+    default: []
   mount_dir:
     description:
       - Where the data file system is mounted temporarily when it is not mounted already.
@@ -230,6 +238,7 @@ ARGUMENT_SPEC = {
                                 "mode": {"type": "str", "default": "0755"}}},
     "files": {"type": "list", "elements": "dict", "default": [], "options": FILE_OPTIONS},
     "redacted_files": {"type": "list", "elements": "dict", "default": [], "options": REDACTED_FILE_OPTIONS},
+    "remove_files": {"type": "list", "elements": "str", "default": []},
     "mount_dir": {"type": "str", "default": "/run/ksolodata"},
     "executor": {"type": "str", "default": "auto", "choices": ["auto", "module", "shell"]},
 }
