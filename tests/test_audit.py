@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import vmctl
 from conftest import BUILD_VARS, REPO, ROOT_PASSWORD, ansible_playbook, role_defaults
+from guest import assert_kubesolo_alive
 from initramfs_archive import Archive, Entry, read_archives
 from test_cloudinit import bb
 from test_init_shell import _run_role
@@ -216,7 +217,7 @@ def test_booted_guest_shows_no_secret_and_no_unsafe_file(boot, tmp_path: Path) -
     vm.type("exit\r")
     vm.wait_booted(timeout=300)
     vm.wait(re.escape("[kubesolo-test-double] running"), timeout=120)
-    vm.wait_ssh()
+    assert_kubesolo_alive(vm)
 
     # The Edge id/key reached KubeSolo (through its environment), so the checks below are not vacuous.
     environ = vm.ssh("tr '\\0' '\\n' </proc/$(cat /run/kubesolo-os/kubesolo.pid)/environ").stdout.splitlines()

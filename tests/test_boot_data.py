@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import vmctl
+from guest import assert_kubesolo_alive
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,7 @@ def test_hand_written_interfaces_script_is_refused_and_never_run(boot, tmp_path)
     disk = disk_with(tmp_path, "legacy-bad", {"network/interfaces.sh": script})
     vm = boot("legacy-bad", disks=(disk,), append="kubesolo.data=LABEL=KSOLODATA")
     vm.wait_booted(timeout=300)
+    assert_kubesolo_alive(vm)
     log = vm.log
     assert ("[WARN] /mnt/data/network/interfaces.sh is refused: it is never executed (PID 1 runs nothing from the "
             "data partition) and line 1 is not what earlier releases wrote") in log
@@ -59,6 +61,7 @@ def test_interfaces_script_of_the_old_role_is_migrated_to_data(boot, tmp_path):
     disk = disk_with(tmp_path, "legacy-role", {"network/interfaces.sh": legacy})
     vm = boot("legacy-role", disks=(disk,), append="kubesolo.data=LABEL=KSOLODATA")
     vm.wait_booted(timeout=300)
+    assert_kubesolo_alive(vm)
     log = vm.log
     assert ("[WARN] Migrated /mnt/data/network/interfaces.sh (never executed) to /mnt/data/network/network.yaml; "
             "the old file is kept as /mnt/data/network/interfaces.sh.migrated") in log
@@ -115,6 +118,7 @@ def test_max_size_cloud_init_parses_in_seconds_under_tcg(boot, tmp_path):
     disk = disk_with(tmp_path, "bigci", files)
     vm = boot("bigci", disks=(disk,), append="kubesolo.data=LABEL=KSOLODATA")
     vm.wait_booted(timeout=400)
+    assert_kubesolo_alive(vm)
     assert "[OK] Cloud-init configuration /mnt/data/cloud-init.yaml is valid" in vm.log
     vm.wait_ssh()
     lib = "/usr/lib/kubesolo-os"

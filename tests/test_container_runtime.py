@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 import vmctl
 from conftest import BOOT_APPEND, BUILD_VARS, REPO, BuiltImage, ansible_playbook, ensure_ssh_key, vm_pool
+from guest import assert_kubesolo_alive
 
 pytestmark = pytest.mark.slow
 
@@ -261,7 +262,7 @@ def upload(vm, data: bytes, path: str) -> None:
 def boot(runtime_vm, name: str, disk: Path, append: str = ""):
     vm = runtime_vm(name, disk, append)
     vm.wait_booted(timeout=300)
-    vm.wait_ssh()
+    assert_kubesolo_alive(vm)  # also waits for SSH
     return vm
 
 

@@ -18,6 +18,7 @@ import large_double
 import pytest
 import vmctl
 from conftest import BUILD_VARS, REPO, BuiltImage, ansible_playbook, ensure_ssh_key, role_defaults, vm_pool
+from guest import assert_kubesolo_alive
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +116,7 @@ def assert_booted_from_the_medium(vm, what: str) -> None:
     print(f"{what}: stage-90 marker after {seconds:.1f}s; MemTotal - MemAvailable at handover {in_use:.1f} MB, "
           f"Shmem {shmem:.1f} MB ({VM_MEMORY_MIB} MiB VM)")
     assert in_use <= MEMORY_LIMIT_MB, f"{in_use:.1f} MB in use at handover (limit {MEMORY_LIMIT_MB} MB)"
+    assert_kubesolo_alive(vm)
 
 
 # --------------------------------------------------------------------------------------------
