@@ -574,14 +574,7 @@ def bench_large(out: Path, runs: int) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     iso = next(large.output.glob("kubesolo-os-*-amd64.iso"))
     raw_image = next(large.output.glob("kubesolo-os-*-amd64.img"))
-    boots: dict[str, list[dict[str, Any]]] = {"iso_cd": [], "usb_stick": []}
-    for run in range(runs):
-        boots["iso_cd"].append(boot_medium(workdir, f"large-iso-{run}", iso=iso))
-        stick = workdir / "stick.img"
-        shutil.copyfile(raw_image, stick)
-        boots["usb_stick"].append(boot_medium(workdir, f"large-usb-{run}", usb_disk=stick))
-        stick.unlink()
-        log(f"  large boots: ISO {boots['iso_cd'][-1]}, USB {boots['usb_stick'][-1]}")
+    boots = media_boots(workdir, "large", large.output, runs)
     result: dict[str, Any] = {
         "build": {"seconds": build["seconds"], "changed": build["changed"]},
         "noop": {"seconds": median(r["seconds"] for r in noops), "runs": noops},
@@ -594,20 +587,28 @@ def bench_large(out: Path, runs: int) -> dict[str, Any]:
     return result
 
 
+def media_boots(workdir: Path, label: str, output: Path, runs: int) -> dict[str, list[dict[str, Any]]]:
+    """Boots the ISO in output as a CD and its raw image as a USB stick (a fresh copy each run), runs times each,
+    in the benchmark's 512 MiB VM; the figures of each boot by medium."""
+    iso = next(output.glob("kubesolo-os-*-amd64.iso"))
+    raw_image = next(output.glob("kubesolo-os-*-amd64.img"))
+    boots: dict[str, list[dict[str, Any]]] = {"iso_cd": [], "usb_stick": []}
+    for run in range(runs):
+        boots["iso_cd"].append(boot_medium(workdir, f"{label}-iso-{run}", iso=iso))
+        stick = workdir / "stick.img"
+        shutil.copyfile(raw_image, stick)
+        boots["usb_stick"].append(boot_medium(workdir, f"{label}-usb-{run}", usb_disk=stick))
+        stick.unlink()
+        log(f"  {label} boots: ISO {boots['iso_cd'][-1]}, USB {boots['usb_stick'][-1]}")
+    return boots
+
+
 def bench_small_media_boots(builder: Builder, out: Path, runs: int) -> dict[str, Any]:
     """The small stand-in's ISO as a CD and raw image as a USB stick in the same 512 MiB VM: the boot times the
     1.2x target compares the large stand-in's with."""
     workdir = out / "vm"
     workdir.mkdir(parents=True, exist_ok=True)
-    iso = next(builder.output.glob("kubesolo-os-*-amd64.iso"))
-    raw_image = next(builder.output.glob("kubesolo-os-*-amd64.img"))
-    items: dict[str, list[dict[str, Any]]] = {"iso_cd": [], "usb_stick": []}
-    for run in range(runs):
-        items["iso_cd"].append(boot_medium(workdir, f"small-iso-{run}", iso=iso))
-        stick = workdir / "stick.img"
-        shutil.copyfile(raw_image, stick)
-        items["usb_stick"].append(boot_medium(workdir, f"small-usb-{run}", usb_disk=stick))
-        stick.unlink()
+    items = media_boots(workdir, "small", builder.output, runs)
     return {k: {"marker_s": median(r["marker_s"] for r in v), "in_use_mb": median(r["in_use_mb"] for r in v),
                 "runs": v} for k, v in items.items()}
 

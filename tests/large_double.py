@@ -16,7 +16,8 @@ MIB = 1024 * 1024
 PADDING = 256 * MIB
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """SHA256 of a file, read in 4 MiB blocks (hex)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(4 * MIB), b""):
@@ -28,7 +29,7 @@ def build(dest: Path, padding: int = PADDING) -> Path:
     """dest = the double + `padding` random bytes; returns dest."""
     double = kubesolo_double.build()
     stamp = dest.with_name(dest.name + ".double-sha256")
-    want = f"{_sha256(double)} {padding}"
+    want = f"{sha256(double)} {padding}"
     if dest.exists() and stamp.exists() and stamp.read_text().strip() == want \
             and dest.stat().st_size == double.stat().st_size + padding:
         return dest

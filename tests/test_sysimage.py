@@ -7,7 +7,6 @@ test time, never committed, and built into its own image there once per session 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -33,14 +32,6 @@ MEMINFO = re.compile(r"\[kubesolo-test-double\] meminfo MemTotal=(\d+) MemAvaila
 OK90 = re.escape(vmctl.SUCCESS_MARKER)
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
 SYSIMAGE = role_defaults("kubesolo")["kubesolo_sysimage_media_path"]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(4 * MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def large_stand_in() -> Path:
@@ -140,9 +131,9 @@ def test_large_binary_builds_with_default_sizes(large_image, tmp_path):
     on_stick = tmp_path / "stick.sqfs"
     subprocess.run(["mcopy", "-n", "-i", f"{image}@@{MIB}", f"::{SYSIMAGE}", str(on_stick)], check=True,
                    env=MTOOLS_ENV, timeout=300)
-    assert sha256(on_stick) == system["sha256"]
+    assert large_double.sha256(on_stick) == system["sha256"]
     on_stick.unlink()
-    assert sha256(iso_extract(large_image.iso, SYSIMAGE, tmp_path / "iso.sqfs")) == system["sha256"]
+    assert large_double.sha256(iso_extract(large_image.iso, SYSIMAGE, tmp_path / "iso.sqfs")) == system["sha256"]
     # The media's initramfs does not carry the binary; the direct-boot one does (in its kubesolo layer).
     media_initramfs = fat_read(image, "/boot/initramfs")
     assert len(media_initramfs) < 64 * MIB
@@ -251,7 +242,7 @@ def sysimage_shell(built_image, tmp_path):
     def run(spec: str = "", *, size: int | None = None, digest: str | None = None) -> str:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KSI_LOG_CONSOLES": "", "LIBDIR": str(libdir),
                "T": str(tmp_path), "SPEC": spec, "SIZE": str(image.stat().st_size if size is None else size),
-               "SHA": sha256(image) if digest is None else digest}
+               "SHA": large_double.sha256(image) if digest is None else digest}
         result = subprocess.run([busybox, "sh", "-c", SYSIMAGE_SCRIPT], env=env, capture_output=True, text=True,
                                 timeout=60, check=False)
         return result.stdout + result.stderr

@@ -200,6 +200,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kubesolo.os.plugins.module_utils.fsutil import makedirs
 
 DEFAULT_LIB_DIRS = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib"]
 MAX_SYMLINK_HOPS = 40
@@ -539,18 +540,6 @@ def entry_is_current(path: str, entry: Entry) -> bool:
     if info.st_size != entry.size or stat.S_IMODE(info.st_mode) != entry.mode:
         return False
     return filecmp.cmp(path, entry.source, shallow=False)
-
-
-def makedirs(path: str) -> None:
-    """Create path and its missing parents 0755 whatever the umask (the image's modes must not depend on the
-    build host's umask: reproducible builds)."""
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for directory in reversed(missing):
-        os.mkdir(directory)
-        os.chmod(directory, 0o755)
 
 
 def install(path: str, entry: Entry) -> None:

@@ -197,6 +197,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kubesolo.os.plugins.module_utils.fsutil import makedirs
 
 MODULE_DIRS = ("lib/modules", "usr/lib/modules")
 COPIED_META = ("modules.builtin", "modules.builtin.modinfo")
@@ -543,16 +544,6 @@ def desired_meta(srcdir: str, relpaths: set[str]) -> dict[str, bytes | None]:
         kept = [line for line in lines if plain_relpath(line.strip()) in plain]
         meta["modules.order"] = "".join(line + "\n" for line in kept).encode("utf-8")
     return meta
-
-
-def makedirs(path: str) -> None:
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for directory in reversed(missing):
-        os.mkdir(directory)
-        os.chmod(directory, 0o755)
 
 
 def write_atomic(path: str, data: bytes | None = None, mtime_of: str | None = None) -> None:
