@@ -86,6 +86,7 @@ def test_two_data_partitions_are_refused_naming_both(boot, tmp_path):
     uuids = [subprocess.run(["blkid", "-o", "value", "-s", "UUID", str(d)], capture_output=True, text=True,
                             check=True).stdout.strip() for d in (first, second)]
     vm = boot("twodata", ssh=False, disks=(first,), readonly_disks=[second], append="kubesolo.data=LABEL=KSOLODATA")
+    vm.allow_errors(r"Several devices match LABEL=KSOLODATA: ", r"Stage 20-persistent-mount\.sh failed")
     text = vm.wait(r"\[ERROR\] Several devices match LABEL=KSOLODATA: .*",
                    r"\[ERROR\] Stage 20-persistent-mount\.sh failed", errors_fail=False, timeout=240)
     line = re.search(r"\[ERROR\] Several devices match LABEL=KSOLODATA: (.*)", text).group(1)
@@ -102,6 +103,7 @@ def test_two_data_partitions_are_refused_naming_both(boot, tmp_path):
 def test_read_only_data_device_is_reported_as_read_only(boot, tmp_path):
     disk = disk_with(tmp_path, "ro", {"marker": b"ro\n"})
     vm = boot("rodata", ssh=False, readonly_disks=[disk], append="kubesolo.data=LABEL=KSOLODATA")
+    vm.allow_errors(r"Data device /dev/vda \(LABEL=KSOLODATA\) is read-only", r"Stage 20-persistent-mount\.sh failed")
     vm.wait(r"\[ERROR\] Data device /dev/vda \(LABEL=KSOLODATA\) is read-only \(write protection\?\): it is not "
             r"checked or mounted\. Make it writable, or boot with kubesolo\.nopersist to run from RAM",
             r"\[ERROR\] Stage 20-persistent-mount\.sh failed", errors_fail=False, timeout=240)
