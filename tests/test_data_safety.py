@@ -8,6 +8,7 @@ private mount and UTS namespace (so the host's /etc and hostname are never touch
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,13 +67,17 @@ KUBESOLO_IFACE=lo
 """
     (tmp_path / "script.sh").write_text(script)
     inner = (f"mount -t tmpfs none /etc && mkdir /etc/kubesolo && mount -o loop {image} /etc/kubesolo && "
-             # Fill the file system completely (root's reserve is 0: -m 0).
-             "(dd if=/dev/zero of=/etc/kubesolo/filler bs=1k 2>/dev/null; true) && "
-             f"df -k /etc/kubesolo >&2; {BUSYBOX} sh {tmp_path}/script.sh; umount /etc/kubesolo")
+             # Fill the file system completely (root's reserve is 0: -m 0). ext4 reserves blocks for delayed
+             # allocation while dd writes and gives some back at writeback: fill again after each sync.
+             "for i in 1 2 3 4 5 6 7 8 9 10; do dd if=/dev/zero of=/etc/kubesolo/filler$i bs=1k 2>/dev/null; sync; "
+             "[ \"$(df -k --output=avail /etc/kubesolo | tail -n 1)\" -gt 0 ] || break; done; "
+             "echo \"free-kib=$(df -k --output=avail /etc/kubesolo | tail -n 1)\"; "
+             f"{BUSYBOX} sh {tmp_path}/script.sh; umount /etc/kubesolo")
     result = subprocess.run(["unshare", "-m", "-u", "--propagation", "private", "sh", "-c", inner],
                             capture_output=True, text=True, timeout=120, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                                                                                 "KSI_LOG_CONSOLES": ""}, check=False)
     assert "INVALID" not in result.stdout, result.stderr
+    assert re.search(r"^free-kib=\s*0$", result.stdout, re.M), ("the data file system was not full", result.stdout)
     log = result.stderr
     assert "[WARN] cloud-init line 3: write_files[0]: cannot write /etc/kubesolo/motd" in log, log
     assert "[WARN] cloud-init: cannot write /etc/kubesolo/config.yaml" in log, log
