@@ -60,7 +60,13 @@ def run(cmd: list[str], *, timeout: float, cwd: Path = REPO, env: dict[str, str]
 
 
 def role_defaults(role: str) -> dict:
-    return yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    """A role's own values: its settings (defaults/main.yml) and its internal values (vars/main.yml,
+    which win, as in Ansible), unrendered. The boot contract is tests/contract.py's CONTRACT."""
+    values = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+    internal = REPO / "roles" / role / "vars" / "main.yml"
+    if internal.exists():
+        values.update(yaml.safe_load(internal.read_text()) or {})
+    return values
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import vmctl
 from conftest import BUILD_VARS, REPO, ROOT_PASSWORD, ansible_playbook, role_defaults
+from contract import CONTRACT
 from guest import assert_kubesolo_alive
 from initramfs_archive import Archive, Entry, read_archives
 from test_cloudinit import bb
@@ -234,8 +235,8 @@ def test_booted_guest_shows_no_secret_and_no_unsafe_file(boot, tmp_path: Path) -
     assert EDGE_KEY_MEDIUM in vm.ssh("cat /run/kubesolo-os/kubesolo.env").stdout
 
     # File modes on the root and on every persistent mount.
-    binds = [bind["dest"] for bind in role_defaults("init")["init_bind_mounts"]]
-    roots = ["/", "/mnt/data", *binds]
+    binds = [bind["dest"] for bind in CONTRACT["bind_mounts"]]
+    roots = ["/", CONTRACT["data_mount"], *binds]
     mounted = vm.ssh("cat /proc/mounts").stdout
     for point in roots[1:]:
         assert re.search(rf"^\S+ {re.escape(point)} ", mounted, re.M), f"{point} is not mounted"

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import vmctl
 from conftest import REPO, ROOT_PASSWORD, ansible_playbook, role_defaults
+from contract import CONTRACT
 from guest import assert_kubesolo_alive
 from test_container_runtime import PIVOT_PROBE
 
 pytestmark = pytest.mark.slow
 
-MENU = role_defaults("iso")["iso_boot_entries"]
+MENU = CONTRACT["boot_entries"]
 BOOT_MODULES = role_defaults("kubesolo_os")["kubesolo_os_boot_modules"]
 MODULE_SUFFIX = {"zstd": ".ko.zst", "xz": ".ko.xz", "none": ".ko"}[role_defaults("kernel")["kernel_module_compression"]]
 INIT = role_defaults("init")
@@ -159,10 +160,10 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
         assert not host.file("/sys/module/crc32c_intel").exists
         assert host.file("/sys/module/crc32c_generic").is_directory
     # Stage 20: ext4 data partition, the five bind mounts, first-boot structure.
-    assert re.search(r"^/dev/vda /mnt/data ext4 ", mounts, re.M)
-    for bind in role_defaults("init")["init_bind_mounts"]:
+    assert re.search(rf"^/dev/vda {re.escape(CONTRACT['data_mount'])} ext4 ", mounts, re.M)
+    for bind in CONTRACT["bind_mounts"]:
         assert host.mount_point(bind["dest"]).exists, bind
-        assert host.file(f"/mnt/data/{bind['src']}").is_directory, bind
+        assert host.file(f"{CONTRACT['data_mount']}/{bind['src']}").is_directory, bind
     assert "First boot on this data partition" in vm.log
     # /usr/local persists, yet KubeSolo is the image's.
     assert host.file("/usr/local/bin/kubesolo").linked_to == IMAGE_BINARY

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 from conftest import BUILD_VARS, REPO, VENV_BIN, ansible_playbook, role_defaults, run, tool_env
+from contract import CONTRACT
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def test_modules_layer_holds_compressed_modules_that_depmod_indexes(built_image)
 
 
 def test_iso_menu_has_every_boot_entry(built_image, tmp_path):
-    """The isolinux menu inside the ISO is generated from iso_boot_entries."""
+    """The isolinux menu inside the ISO is generated from the boot contract's boot_entries."""
     extracted = tmp_path / "isolinux.cfg"
     subprocess.run(
         ["xorriso", "-indev", str(built_image.iso), "-osirrox", "on",
@@ -69,14 +70,14 @@ def test_iso_menu_has_every_boot_entry(built_image, tmp_path):
     )
     cfg = extracted.read_text()
     defaults = role_defaults("iso")
-    for entry in defaults["iso_boot_entries"]:
+    for entry in CONTRACT["boot_entries"]:
         assert f"label {entry['label']}" in cfg
-    assert f"default {defaults['iso_default_entry']}" in cfg
+    assert f"default {CONTRACT['default_entry']}" in cfg
     assert f"timeout {defaults['iso_timeout_seconds'] * 10}" in cfg
     append_lines = [line for line in cfg.splitlines() if line.strip().startswith("append ")]
-    assert len(append_lines) == len(defaults["iso_boot_entries"])
+    assert len(append_lines) == len(CONTRACT["boot_entries"])
     for line in append_lines:
-        assert "kubesolo.data=LABEL=KSOLODATA" in line
+        assert f"kubesolo.data=LABEL={CONTRACT['data_label']}" in line
         assert "console=ttyS0,115200n8" in line and "console=tty0" in line
 
 

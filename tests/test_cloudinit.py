@@ -18,6 +18,7 @@ import pytest
 import yaml
 from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
 from conftest import REPO, VENV_BIN, run, tool_env
+from contract import persistent_dirs
 from test_init_shell import _run_role
 
 FIXTURES = REPO / "tests" / "fixtures" / "cloud-init"
@@ -26,7 +27,8 @@ SCHEMA_FILE = REPO / "files" / "cloud-init-schema.yml"
 LIBDIR = "usr/lib/kubesolo-os"
 BUSYBOX = shutil.which("busybox")
 FLAGS_FILE = REPO / "files" / "kubesolo-flags.yml"
-SCHEMA = cloudinit.load_schema(yaml.safe_load(SCHEMA_FILE.read_text()), yaml.safe_load(FLAGS_FILE.read_text()))
+SCHEMA = cloudinit.load_schema(yaml.safe_load(SCHEMA_FILE.read_text()), yaml.safe_load(FLAGS_FILE.read_text()),
+                               persistent_dirs())
 
 VALID = sorted((FIXTURES / "valid").glob("*.yaml"))
 INVALID = sorted((FIXTURES / "invalid").glob("*.yaml"))
@@ -113,7 +115,7 @@ def test_schema_table_rendered_from_the_schema(ci_layer: Path):
     rows = [line.split("\t") for line in table.splitlines() if line.startswith("K\t")]
     assert [(r[1], r[2]) for r in rows] == [(k, v["type"]) for k, v in SCHEMA["keys"].items()]
     dirs = [line.split("\t")[1] for line in table.splitlines() if line.startswith("P\t")]
-    assert dirs == SCHEMA["persistent_dirs"]
+    assert dirs == SCHEMA["persistent_dirs"] == persistent_dirs()
 
 
 @needs_busybox

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from contract import persistent_dirs
 from test_init_shell import _run_role
 
 BUSYBOX = shutil.which("busybox")
@@ -129,7 +130,8 @@ def _data(text: str) -> dict:
     from conftest import REPO
 
     schema = cloudinit.load_schema(yaml.safe_load((REPO / "files" / "cloud-init-schema.yml").read_text()),
-                                    yaml.safe_load((REPO / "files" / "kubesolo-flags.yml").read_text()))
+                                    yaml.safe_load((REPO / "files" / "kubesolo-flags.yml").read_text()),
+                                    persistent_dirs())
     result = cloudinit.check(text.encode(), schema)
     assert result.valid, result.flat()
     return result.data()

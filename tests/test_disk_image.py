@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BUILD_VARS, REPO, ansible_playbook, role_defaults
+from contract import CONTRACT
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +121,7 @@ def test_boot_partition_holds_kernel_initramfs_syslinux_and_grub(built_image):
 
 def test_menus_are_the_isos_generated_from_one_list(built_image, tmp_path):
     """syslinux.cfg == the ISO's isolinux.cfg, grub.cfg == the ISO's grub.cfg; both carry every entry of
-    iso_boot_entries with the same kernel command line."""
+    the boot contract's boot_entries with the same kernel command line."""
     image = disk_image(built_image)
     syslinux_cfg = fat_read(image, MIB, "/syslinux/syslinux.cfg").decode()
     grub_cfg = fat_read(image, MIB, "/EFI/BOOT/grub.cfg").decode()
@@ -131,7 +132,7 @@ def test_menus_are_the_isos_generated_from_one_list(built_image, tmp_path):
     on_iso = f"kubesolo.sysimage=LABEL={role_defaults('iso')['iso_volume_id']}:{sysimage}"
     iso_syslinux = iso_file(built_image.iso, "/isolinux/isolinux.cfg", tmp_path)
     iso_grub = fat_read(built_image.iso, iso_esp_offset(built_image.iso), "/EFI/BOOT/grub.cfg").decode()
-    entries = role_defaults("iso")["iso_boot_entries"]
+    entries = CONTRACT["boot_entries"]
     for disk_cfg, iso_cfg in ((syslinux_cfg, iso_syslinux), (grub_cfg, iso_grub)):
         assert disk_cfg.count(on_disk) == len(entries) and iso_cfg.count(on_iso) == len(entries)
         assert disk_cfg.replace(on_disk, on_iso) == iso_cfg
@@ -142,7 +143,7 @@ def test_menus_are_the_isos_generated_from_one_list(built_image, tmp_path):
     assert labels == ids == [entry["label"] for entry in entries]
     assert appends == linuxes and len(appends) == len(entries)
     for line, entry in zip(appends, entries, strict=True):
-        assert line.endswith(entry["params"]) and "kubesolo.data=LABEL=KSOLODATA" in line
+        assert line.endswith(entry["params"]) and f"kubesolo.data=LABEL={CONTRACT['data_label']}" in line
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, VENV_BIN, tool_env
+from contract import persistent_dirs
 from loopdev import MIB, LoopDevices, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("partx"),
@@ -266,7 +267,8 @@ def test_network_settings_saved_as_validated_data_and_old_script_removed(loops, 
     from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
 
     schema = cloudinit.load_schema(yaml.safe_load((REPO / "files" / "cloud-init-schema.yml").read_text()),
-                                    yaml.safe_load((REPO / "files" / "kubesolo-flags.yml").read_text()))
+                                    yaml.safe_load((REPO / "files" / "kubesolo-flags.yml").read_text()),
+                                    persistent_dirs())
     assert cloudinit.check(saved.encode(), schema).valid
     assert "remove network/interfaces.sh" in result["summary"]["plan"]
     sh("mount", "-o", "ro", part, str(mnt))

@@ -8,7 +8,8 @@
 #   N<TAB>kind<TAB>line<TAB>path<TAB>value   kind: M mapping, L list, Z null, P plain, Q quoted,
 #                                            B block scalar; value escaped (\\ \n \t)
 #   D<TAB>level<TAB>line<TAB>key<TAB>message level ERROR or WARN; messages never hold values
-# The schema file (rendered from files/cloud-init-schema.yml) has lines
+# The schema file (rendered from files/cloud-init-schema.yml; the P lines from the bind mounts of
+# files/boot-contract.yml) has lines
 #   K<TAB>key<TAB>type<TAB>key_pattern,   P<TAB>persistent directory   and   S<TAB>max_bytes<TAB>N
 # Parsing stops at the first syntax error (one ERROR record). Data is never evaluated.
 # A file larger than max_bytes (size= from the caller, else counted while reading) is refused with

@@ -9,15 +9,32 @@ after, connection retries, the post-reboot O(test_command)) is the builtin plugi
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from ansible.plugins.action.reboot import ActionModule as RebootActionModule
 
 DEFAULT_REBOOT_COMMAND = "/sbin/reboot"
-DEFAULT_TEST_COMMAND = "grep -q ' /mnt/data ext4 ' /proc/mounts"
+
+
+def data_mount_test(data_mount: str) -> str:
+    """The default test command: an ext4 file system is mounted on data_mount (a line of /proc/mounts)."""
+    return f"grep -qF {shlex.quote(f' {data_mount} ext4 ')} /proc/mounts"
 
 
 class ActionModule(RebootActionModule):
+    _VALID_ARGS = RebootActionModule._VALID_ARGS | frozenset(("data_mount",))
+
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        data_mount = self._task.args.get("data_mount")
+        if not self._task.args.get("test_command"):
+            if not data_mount or not str(data_mount).startswith("/"):
+                return {"failed": True, "rebooted": False,
+                        "msg": "ksolodata_reboot needs data_mount (an absolute path: the boot contract's data_mount, "
+                               "kubesolo_os_boot.data_mount) or test_command"}
+            self._task.args["test_command"] = data_mount_test(str(data_mount))
+        return super().run(tmp, task_vars)
+
     def get_distribution(self, task_vars: dict[str, Any]) -> dict[str, str]:
         return {"name": "kubesolo-os", "version": "", "family": "busybox"}
 
@@ -27,8 +44,3 @@ class ActionModule(RebootActionModule):
     def get_shutdown_command_args(self, distribution: dict[str, str]) -> str:
         command = str(self._task.args.get("reboot_command") or DEFAULT_REBOOT_COMMAND)
         return command.split(" ", 1)[1] if " " in command else ""
-
-    def run_test_command(self, distribution: dict[str, str], **kwargs: Any) -> None:
-        if not self._task.args.get("test_command"):
-            self._task.args["test_command"] = DEFAULT_TEST_COMMAND
-        super().run_test_command(distribution, **kwargs)

@@ -409,15 +409,21 @@ def check_value(kind: str, type_name: str, value: str, schema: dict[str, Any]) -
     return f"unknown type {type_name}"
 
 
-def load_schema(data: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+def load_schema(data: dict[str, Any], flags: dict[str, Any], persistent_dirs: list[str]) -> dict[str, Any]:
     """Checks and indexes a schema loaded from files/cloud-init-schema.yml, with KubeSolo's flag table
-    loaded from files/kubesolo-flags.yml (the items of kubesolo.flags are checked against it)."""
+    loaded from files/kubesolo-flags.yml (the items of kubesolo.flags are checked against it) and the
+    directories write_files may write below: the mount points of the boot contract's bind mounts
+    (files/boot-contract.yml, bind_mounts[].dest), given by the caller."""
+    dirs = list(persistent_dirs)
+    bad = [d for d in dirs if not isinstance(d, str) or not d.startswith("/") or d == "/" or d.endswith("/")]
+    if not dirs or bad:
+        raise ValueError(f"persistent_dirs must be absolute directories (the boot contract's bind mounts), got {dirs}")
     keys: dict[str, dict[str, Any]] = {}
     for entry in data["keys"]:
         if entry["type"] not in CONTAINER_TYPES + VALUE_TYPES:
             raise ValueError(f"schema key {entry['key']}: unknown type {entry['type']}")
         keys[entry["key"]] = entry
-    return {"keys": keys, "persistent_dirs": list(data["persistent_dirs"]), "max_bytes": int(data["max_bytes"]),
+    return {"keys": keys, "persistent_dirs": dirs, "max_bytes": int(data["max_bytes"]),
             "mandatory_no_proxy": list(data.get("mandatory_no_proxy", [])),
             "kubesolo_flags": load_flags(flags)}
 

@@ -25,7 +25,6 @@ from ansible_collections.kubesolo.os.plugins.module_utils.blockdev import ext4_g
 
 SECTOR = 512
 GIB = 1024**3
-DEFAULT_LABEL = "KSOLODATA"
 # GPT type of a Linux file system partition.
 LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 # Real tools by full path: busybox sh runs its own applets first for bare names.
@@ -289,7 +288,7 @@ class Decision:
     refused: list[dict[str, Any]] = field(default_factory=list)  # disks passed over and why
 
 
-def find_existing(disks: list[Disk], label: str = DEFAULT_LABEL) -> list[tuple[Disk, Partition | None]]:
+def find_existing(disks: list[Disk], label: str) -> list[tuple[Disk, Partition | None]]:
     """Every file system labelled ``label`` (a partition, or a whole disk without partition table)."""
     found: list[tuple[Disk, Partition | None]] = []
     for disk in disks:
@@ -326,8 +325,8 @@ def refusal_reasons(disk: Disk, min_bytes: int, allow_removable: bool) -> list[s
 
 
 def decide(disks: list[Disk], device: str = "", wipe: bool = False, min_size_gib: float = 1.0,
-           allow_removable: bool = False, label: str = DEFAULT_LABEL) -> Decision:
-    """Apply the safety rules and choose where KSOLODATA lives. Raises KsolodataError when refused.
+           allow_removable: bool = False, *, label: str) -> Decision:
+    """Apply the safety rules and choose where the data file system (``label``) lives; KsolodataError if refused.
 
     1. An existing ``label`` file system is always used as it is (never reformatted); more than one is
        refused, and so is naming a different device than the one holding it.
@@ -413,7 +412,7 @@ class Step:
     command: str
 
 
-def create_steps(decision: Decision, label: str = DEFAULT_LABEL, wipe: bool = False) -> list[Step]:
+def create_steps(decision: Decision, label: str, wipe: bool = False) -> list[Step]:
     disk = decision.disk.path
     part = decision.partition
     script = f"label: gpt\\nstart=2048, type={LINUX_FS_GUID}, name=\"{label}\"\\n"
@@ -585,7 +584,9 @@ def provision(run: Callable[[str], tuple[int, str, str]], params: dict[str, Any]
     directories [{path, mode}], files [{path, content, mode, secret}], mount_dir.
     Returns the Ansible result (changed, msg, device, partition, action, plan, changes, diff, disks).
     """
-    label = params.get("label") or DEFAULT_LABEL
+    label = params.get("label") or ""
+    if not label:
+        raise KsolodataError("No label given: pass the boot contract's data_label (kubesolo_os_boot.data_label)")
     candidates = params.get("candidates") or None
     rc, out, err = run(probe_script(candidates))
     if rc != 0:
@@ -593,7 +594,7 @@ def provision(run: Callable[[str], tuple[int, str, str]], params: dict[str, Any]
     disks = parse_probe(out, candidates)
     result: dict[str, Any] = {"changed": False, "disks": [d.summary() for d in disks]}
     decision = decide(disks, params.get("device") or "", bool(params.get("wipe")),
-                      float(params.get("min_size_gib", 1.0)), bool(params.get("allow_removable")), label)
+                      float(params.get("min_size_gib", 1.0)), bool(params.get("allow_removable")), label=label)
     result.update(action=decision.action, device=decision.disk.path, partition=decision.partition,
                   refused=decision.refused)
     plan: list[Step] = []

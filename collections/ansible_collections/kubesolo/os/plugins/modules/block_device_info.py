@@ -49,9 +49,10 @@ options:
     default: false
   data_label:
     description:
-      - File system label of the data partition.
+      - File system label of the data partition: the boot contract's C(data_label) (files/boot-contract.yml,
+        C(kubesolo_os_boot.data_label) once the kubesolo_os role loaded it).
     type: str
-    default: KSOLODATA
+    required: true
 notes:
   - Loop devices count as whole, non-removable disks.
 requirements:
@@ -70,6 +71,7 @@ EXAMPLES = r"""
   kubesolo.os.block_device_info:
     device: /dev/sdb
     image: output/kubesolo-os-0.1.0-amd64.img
+    data_label: "{{ kubesolo_os_boot.data_label }}"
   register: stick
 
 - name: Stop when the stick must not be written
@@ -182,7 +184,7 @@ def run_module() -> None:
             "image": {"type": "path"},
             "allow_fixed_disk": {"type": "bool", "default": False},
             "keep_data": {"type": "bool", "default": False},
-            "data_label": {"type": "str", "default": "KSOLODATA"},
+            "data_label": {"type": "str", "required": True},
         },
         supports_check_mode=True,
     )

@@ -38,6 +38,13 @@ options:
       - The schema file (files/cloud-init-schema.yml of the project).
     type: path
     required: true
+  persistent_dirs:
+    description:
+      - The directories C(write_files) may write below: the mount points of the boot contract's bind mounts
+        (C(bind_mounts[].dest) of files/boot-contract.yml, loaded by the kubesolo_os role as C(kubesolo_os_boot)).
+    type: list
+    elements: str
+    required: true
   flags:
     description:
       - KubeSolo's flag table (files/kubesolo-flags.yml of the project), against which the items of
@@ -67,12 +74,14 @@ EXAMPLES = r"""
   kubesolo.os.cloudinit_validate:
     path: /srv/kubesolo/node1/cloud-init.yaml
     schema: "{{ playbook_dir }}/../files/cloud-init-schema.yml"
+    persistent_dirs: "{{ kubesolo_os_boot.bind_mounts | map(attribute='dest') }}"
 
 - name: Validate generated content, failing on unknown keys too
   kubesolo.os.cloudinit_validate:
     content: "{{ lookup('ansible.builtin.template', 'cloud-init.yaml.j2') }}"
     schema: files/cloud-init-schema.yml
     flags: files/kubesolo-flags.yml
+    persistent_dirs: [/etc/kubesolo, /var/lib/kubesolo]
     fail_on_warnings: true
   register: validation
 """
@@ -132,6 +141,7 @@ def run_module() -> None:
             "content": {"type": "str"},
             "schema": {"type": "path", "required": True},
             "flags": {"type": "path"},
+            "persistent_dirs": {"type": "list", "elements": "str", "required": True},
             "fail_on_warnings": {"type": "bool", "default": False},
         },
         required_one_of=[("path", "content")],
@@ -146,7 +156,7 @@ def run_module() -> None:
         with open(params["schema"], encoding="utf-8") as handle:
             schema_data = yaml.safe_load(handle)
         with open(flags_file, encoding="utf-8") as handle:
-            schema = load_schema(schema_data, yaml.safe_load(handle))
+            schema = load_schema(schema_data, yaml.safe_load(handle), params["persistent_dirs"])
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
         module.fail_json(msg=f"cannot load the schema {params['schema']} and flag table {flags_file}: {exc}")
     source = params["path"] or "content"

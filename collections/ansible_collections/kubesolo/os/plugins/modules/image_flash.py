@@ -66,9 +66,10 @@ options:
     default: true
   data_label:
     description:
-      - File system label of the data partition.
+      - File system label of the data partition: the boot contract's C(data_label) (files/boot-contract.yml,
+        C(kubesolo_os_boot.data_label) once the kubesolo_os role loaded it).
     type: str
-    default: KSOLODATA
+    required: true
   block_size_mib:
     description:
       - Size of each write, in MiB.
@@ -100,12 +101,14 @@ EXAMPLES = r"""
     device: /dev/sdb
     confirm: /dev/sdb
     image: output/kubesolo-os-0.1.0-amd64.img
+    data_label: "{{ kubesolo_os_boot.data_label }}"
 
 - name: Upgrade a stick, keeping its data partition
   kubesolo.os.image_flash:
     device: /dev/sdb
     confirm: /dev/sdb
     image: output/kubesolo-os-0.2.0-amd64.img
+    data_label: "{{ kubesolo_os_boot.data_label }}"
     keep_data: true
 """
 
@@ -361,7 +364,7 @@ def run_module() -> None:
             "allow_fixed_disk": {"type": "bool", "default": False},
             "keep_data": {"type": "bool", "default": False},
             "grow": {"type": "bool", "default": True},
-            "data_label": {"type": "str", "default": "KSOLODATA"},
+            "data_label": {"type": "str", "required": True},
             "block_size_mib": {"type": "int", "default": 4},
             "progress_file": {"type": "path"},
         },

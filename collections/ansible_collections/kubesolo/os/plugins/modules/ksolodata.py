@@ -10,7 +10,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: ksolodata
-short_description: Prepare the KSOLODATA data partition of a KubeSolo OS node, safely and idempotently
+short_description: Prepare the data partition of a KubeSolo OS node, safely and idempotently
 version_added: "0.2.0"
 description:
   - Inspects the node's disks (C(/sys/block), C(blkid -p), C(/proc/mounts)), chooses the disk for the
@@ -69,9 +69,10 @@ options:
     default: false
   label:
     description:
-      - File system label and GPT partition name.
+      - File system label and GPT partition name: the boot contract's C(data_label) (files/boot-contract.yml,
+        C(kubesolo_os_boot.data_label) once the kubesolo_os role loaded it), which the image looks for.
     type: str
-    default: KSOLODATA
+    required: true
   directories:
     description:
       - Directories to create on the data file system (relative paths), with their modes.
@@ -157,14 +158,16 @@ notes:
 """
 
 EXAMPLES = r"""
-- name: Prepare KSOLODATA on the only blank disk of the node
+- name: Prepare the data partition on the only blank disk of the node
   kubesolo.os.ksolodata:
+    label: "{{ kubesolo_os_boot.data_label }}"
     files:
       - path: etc-kubesolo/hostname
         content: "node-1\n"
 
-- name: Erase a named disk and put KSOLODATA on it
+- name: Erase a named disk and put the data partition on it
   kubesolo.os.ksolodata:
+    label: "{{ kubesolo_os_boot.data_label }}"
     device: /dev/sdb
     wipe: true
 """
@@ -232,7 +235,7 @@ ARGUMENT_SPEC = {
     "candidates": {"type": "list", "elements": "str", "default": []},
     "grow": {"type": "bool", "default": False},
     "update_config": {"type": "bool", "default": False},
-    "label": {"type": "str", "default": "KSOLODATA"},
+    "label": {"type": "str", "required": True},
     "directories": {"type": "list", "elements": "dict", "default": [],
                     "options": {"path": {"type": "str", "required": True},
                                 "mode": {"type": "str", "default": "0755"}}},

@@ -10,7 +10,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: ksolodata_reboot
-short_description: Reboot a KubeSolo OS node (no Python needed) and wait until KSOLODATA is mounted again
+short_description: Reboot a KubeSolo OS node (no Python needed) and wait until its data partition is mounted again
 version_added: "0.2.0"
 description:
   - M(ansible.builtin.reboot) for nodes without Python. It reboots with O(reboot_command), waits until the
@@ -26,12 +26,17 @@ options:
       - Command that reboots the node.
     type: str
     default: /sbin/reboot
+  data_mount:
+    description:
+      - Where the image mounts the data partition: the boot contract's C(data_mount) (files/boot-contract.yml,
+        C(kubesolo_os_boot.data_mount) once the kubesolo_os role loaded it). Without O(test_command), the node
+        passes when an ext4 file system is mounted there. One of O(data_mount) and O(test_command) is required.
+    type: str
   test_command:
     description:
-      - Command that must succeed after the reboot. The default checks that the data partition is
-        mounted on C(/mnt/data) as ext4.
+      - Command that must succeed after the reboot. Default, with O(data_mount), checks that an ext4 file system
+        is mounted on O(data_mount).
     type: str
-    default: grep -q ' /mnt/data ext4 ' /proc/mounts
   reboot_timeout:
     description:
       - Seconds to wait for the node to come back and pass O(test_command).
@@ -75,8 +80,9 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Reboot the node and wait for KSOLODATA to be mounted
+- name: Reboot the node and wait for the data partition to be mounted
   kubesolo.os.ksolodata_reboot:
+    data_mount: "{{ kubesolo_os_boot.data_mount }}"
     reboot_timeout: 300
 """
 

@@ -35,12 +35,14 @@ def probe(*disks: str, mounts: str = "", rootdev: str = "") -> str:
     return "".join(disks) + "@mounts\n" + mounts + "@endmounts\n" + f"@rootdev {rootdev}\n"
 
 
-KSOLODATA_PART = {"blkid": {"TYPE": "ext4", "LABEL": "KSOLODATA", "PART_ENTRY_NAME": "KSOLODATA"}}
+# The label the module is given (the play passes the boot contract's data_label; a fixture here).
+LABEL = "KSOLODATA"
+KSOLODATA_PART = {"blkid": {"TYPE": "ext4", "LABEL": LABEL, "PART_ENTRY_NAME": LABEL}}
 CDROM = disk("sr0", gib=0.3, blkid={"TYPE": "iso9660", "LABEL": "KUBESOLO"}, scsi_type="5", dev="11:0")
 
 
 def decide(text: str, **kw) -> k.Decision:
-    return k.decide(k.parse_probe(text, kw.pop("candidates", None)), **kw)
+    return k.decide(k.parse_probe(text, kw.pop("candidates", None)), **{"label": LABEL, **kw})
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -70,9 +72,9 @@ def test_recorded_debian_vm_root_disk_is_never_a_candidate():
     (vda,) = disks
     assert "holds the root file system /" in vda.boot_reasons
     with pytest.raises(k.KsolodataError, match="No disk can be chosen"):
-        k.decide(disks)
+        k.decide(disks, label=LABEL)
     with pytest.raises(k.KsolodataError, match="boot medium or in use"):
-        k.decide(disks, device="/dev/vda", wipe=True)
+        k.decide(disks, device="/dev/vda", wipe=True, label=LABEL)
 
 
 def test_root_device_found_by_device_number():
@@ -92,7 +94,7 @@ def test_existing_ksolodata_is_used_as_is():
     text = probe(disk("vda", 8, {"PTTYPE": "gpt"}, [KSOLODATA_PART]), disk("vdb", 8))
     decision = decide(text)
     assert (decision.action, decision.partition) == ("existing", "/dev/vda1")
-    assert k.create_steps(decision) and decision.action != "create"
+    assert k.create_steps(decision, LABEL) and decision.action != "create"
 
 
 def test_existing_mounted_ksolodata_on_kubesolo_node():
@@ -169,7 +171,7 @@ def test_signature_wiped_only_when_named_with_wipe(name):
     text = probe(disk("vdb", 8, SIGNED[name]))
     decision = decide(text, device="/dev/vdb", wipe=True)
     assert decision.action == "create"
-    steps = k.create_steps(decision, wipe=True)
+    steps = k.create_steps(decision, LABEL, wipe=True)
     assert "--wipe always" in steps[1].command and "dd if=/dev/zero" in steps[0].command
     with pytest.raises(k.KsolodataError):
         decide(text, wipe=True)  # wipe without a named device never applies
@@ -299,6 +301,7 @@ class FakeNode:
 
 
 PARAMS = {
+    "label": LABEL,
     "directories": [{"path": "kubesolo", "mode": "0700"}, {"path": "network", "mode": "0755"}],
     "files": [{"path": "etc-kubesolo/hostname", "content": "node-1\n", "mode": "0644"},
               {"path": "etc-kubesolo/config.yaml", "content": "edge-key: s3cret\n", "mode": "0600", "secret": True}],
@@ -380,3 +383,11 @@ def test_probe_script_restricted_to_candidates():
 @pytest.mark.parametrize(("name", "valid"), [("node-1", True), ("Node1", False), ("-a", False), ("a" * 64, False)])
 def test_hostname_validation(name, valid):
     assert k.hostname_valid(name) is valid
+
+
+def test_provision_without_a_label_is_refused_before_touching_the_node():
+    """The label is the play's (the boot contract's data_label): there is no built-in default to fall back on."""
+    node = FakeNode(probe(disk("vda", 8)))
+    with pytest.raises(k.KsolodataError, match="No label given"):
+        k.provision(node, {key: value for key, value in PARAMS.items() if key != "label"})
+    assert node.commands == []

@@ -18,6 +18,8 @@ IMAGE_TABLE = {"label": "dos", "id": "0x4b534f53", "partitions": [
     {"number": 1, "start": 2048, "size": 524288, "type": "ef", "bootable": True},
     {"number": 2, "start": 526336, "size": 131072, "type": "83", "bootable": False},
 ]}
+# The label the play passes (the boot contract's data_label; a fixture here).
+LABEL = "KSOLODATA"
 IMAGE = {"path": "img", "size": (526336 + 131072) * 512, "table": IMAGE_TABLE,
          "data_partition": dict(IMAGE_TABLE["partitions"][1], fstype="ext4"), "boot_bytes": 526336 * 512}
 
@@ -33,7 +35,7 @@ def stick(**changes: Any) -> dict[str, Any]:
 
 
 def rule(info: dict[str, Any], allow_fixed: bool = False, keep: bool = False) -> dict[str, str] | None:
-    return blockdev.refusal(info, IMAGE, allow_fixed, keep, "KSOLODATA")
+    return blockdev.refusal(info, IMAGE, allow_fixed, keep, LABEL)
 
 
 def test_a_usb_stick_that_fits_may_be_written():
@@ -80,7 +82,7 @@ def test_keep_data_needs_a_data_partition_after_the_boot_part():
 
 def test_plan_grows_the_data_partition_to_the_end():
     info = stick()
-    table, data, steps = image_flash.plan_layout(info, IMAGE, keep_data=False, grow=True, label="KSOLODATA")
+    table, data, steps = image_flash.plan_layout(info, IMAGE, keep_data=False, grow=True, label=LABEL)
     end = info["size"] // 512
     assert data["start"] == 526336 and data["start"] + data["size"] == end
     assert table["partitions"][0] == IMAGE_TABLE["partitions"][0]
@@ -89,7 +91,7 @@ def test_plan_grows_the_data_partition_to_the_end():
 
 def test_plan_keeps_the_existing_data_partition_start():
     info = stick(data_partition={"number": 3, "start": 600000, "size": 5000, "type": "83"})
-    table, data, steps = image_flash.plan_layout(info, IMAGE, keep_data=True, grow=False, label="KSOLODATA")
+    table, data, steps = image_flash.plan_layout(info, IMAGE, keep_data=True, grow=False, label=LABEL)
     assert data["number"] == 2 and data["start"] == 600000 and data["size"] == 5000
     assert "keeping the KSOLODATA partition at sector 600000" in steps[0]
     script = image_flash.sfdisk_script(table)
@@ -100,12 +102,13 @@ def test_plan_creates_a_data_partition_after_an_image_without_one():
     iso = {"path": "iso", "size": 23 * MIB, "data_partition": None, "boot_bytes": 23 * MIB,
            "table": {"label": "dos", "id": "0x1", "partitions": [
                {"number": 1, "start": 64, "size": 47000, "type": "0", "bootable": True}]}}
-    table, data, _steps = image_flash.plan_layout(stick(), iso, keep_data=False, grow=True, label="KSOLODATA")
+    table, data, _steps = image_flash.plan_layout(stick(), iso, keep_data=False, grow=True, label=LABEL)
     assert data["create"] and data["number"] == 2 and data["start"] == 23 * 2048
     assert [p["number"] for p in table["partitions"]] == [1, 2]
 
 
 def run_module(module, args: dict[str, Any], capsys) -> dict[str, Any]:
+    args = {"data_label": LABEL, **args}
     with patch_module_args(args), pytest.raises(SystemExit):
         module.main()
     return json.loads(capsys.readouterr().out)
@@ -139,3 +142,12 @@ def test_block_device_info_reports_a_missing_device(capsys, tmp_path):
 def test_parse_mounts_decodes_spaces():
     text = "/dev/sdz1 /media/my\\040stick vfat rw 0 0\nproc /proc proc rw 0 0\n"
     assert blockdev.parse_mounts(text) == [("/dev/sdz1", "/media/my stick")]
+
+
+@pytest.mark.parametrize("module", [image_flash, block_device_info])
+def test_the_data_label_is_a_required_argument(module, capsys):
+    """No module re-declares the label: without data_label (the play passes the contract's) it fails."""
+    with patch_module_args({"device": "/dev/sdz", "confirm": "/dev/sdz", "image": "x.img"}), pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert result["failed"] and "missing required arguments: data_label" in result["msg"]
