@@ -54,6 +54,7 @@ import kubesolo_double  # noqa: E402  (tests/kubesolo_double.py: builds the Kube
 import large_double  # noqa: E402  (tests/large_double.py: the double padded to real KubeSolo size)
 import vmctl  # noqa: E402  (tests/vmctl.py: the one place that runs QEMU)
 from ansible_collections.kubesolo.os.plugins.modules import cpio_pack  # noqa: E402
+from contract import CONTRACT  # noqa: E402  (tests/contract.py: files/boot-contract.yml)
 
 VENV_BIN = REPO / ".venv" / "bin"
 BUILD_VARS = REPO / "tests" / "build-vars.yml"
@@ -479,7 +480,8 @@ def bench_boot(booter: Booter, builder: Builder, runs: int, scratch: Path) -> tu
         floor = booter.boot(floor_initrd, FLOOR_MARKER)
         floor_up = re.search(re.escape(FLOOR_MARKER) + r" uptime=([0-9.]+)", floor["log"])
         log(f"  floor {floor['marker_s']} s; image")
-        image = booter.boot(initramfs, vmctl.SUCCESS_MARKER, append="kubesolo.data=LABEL=KSOLODATA", ssh=True,
+        image = booter.boot(initramfs, vmctl.SUCCESS_MARKER, append=f"kubesolo.data=LABEL={CONTRACT['data_label']}",
+                            ssh=True,
                             after=read_memory)
         stages = parse_stages(image["log"])
         figures = {

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract import CONTRACT
+
 SUCCESS_MARKER = "[kubesolo-init] [OK] Stage 90-kubesolo.sh complete"
 ERROR_MARKER = "[kubesolo-init] [ERROR]"
 
@@ -247,7 +249,7 @@ def missing(patterns: Sequence[re.Pattern[str]], text: str) -> str:
 
 
 def make_data_disk(
-    path: Path, size_mb: int = 256, label: str = "KSOLODATA", fs: str | None = "ext4", content: Path | None = None
+    path: Path, size_mb: int = 256, label: str = CONTRACT["data_label"], fs: str | None = "ext4", content: Path | None = None
 ) -> Path:
     """A raw disk image holding one file system over the whole disk (no partition table),
     optionally filled with the files of a directory (mke2fs -d)."""
@@ -294,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_disk = sub.add_parser("disk", help="make a raw disk image with one file system")
     p_disk.add_argument("--path", type=Path, required=True)
     p_disk.add_argument("--size-mb", type=int, default=256)
-    p_disk.add_argument("--label", default="KSOLODATA")
+    p_disk.add_argument("--label", default=CONTRACT["data_label"])
     p_disk.add_argument("--fs", default="ext4", help="file system type, or 'none' for a blank disk")
 
     args = parser.parse_args(argv)

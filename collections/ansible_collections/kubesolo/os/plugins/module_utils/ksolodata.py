@@ -373,7 +373,7 @@ def decide(disks: list[Disk], device: str = "", wipe: bool = False, min_size_gib
                                  "table is replaced (with ksolodata_wipe: true)")
         if disk.boot_reasons:
             raise KsolodataError(f"{disk.path} is the boot medium or in use ({'; '.join(disk.boot_reasons)}): "
-                                 "it is never used for KSOLODATA", disk=disk.summary())
+                                 f"it is never used for {label}", disk=disk.summary())
         if disk.ro:
             raise KsolodataError(f"{disk.path} is read-only")
         if disk.size_bytes < min_bytes:
