@@ -249,7 +249,8 @@ def missing(patterns: Sequence[re.Pattern[str]], text: str) -> str:
 
 
 def make_data_disk(
-    path: Path, size_mb: int = 256, label: str = CONTRACT["data_label"], fs: str | None = "ext4", content: Path | None = None
+    path: Path, size_mb: int = 256, label: str = CONTRACT["data_label"], fs: str | None = "ext4",
+    content: Path | None = None
 ) -> Path:
     """A raw disk image holding one file system over the whole disk (no partition table),
     optionally filled with the files of a directory (mke2fs -d)."""
