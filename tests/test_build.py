@@ -48,6 +48,44 @@ def test_manifest_records_every_input(built_image):
     assert str(REPO) not in json.dumps(manifest), "the manifest must not leak build-host paths"
 
 
+def elf_digests(root) -> dict[str, str]:
+    """sha256 -> path of every ELF file under root (symlinks not followed)."""
+    found = {}
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as handle:
+                if handle.read(4) == b"\x7fELF":
+                    found[sha256(path)] = str(path)
+    return found
+
+
+def test_manifest_lists_every_debian_package_the_roles_took(built_image):
+    """Every Debian package a role took files from is in the manifest with the version fetched: each ELF file
+    of the userland layer (tools, busybox, the libraries KubeSolo needs too, which are checked against this
+    layer) comes from a listed package, and so do the kernel and the boot loaders of the ISO and the raw image."""
+    manifest = json.loads((built_image.output / "manifest.json").read_text())
+    listed = {pkg["name"]: pkg["version"] for pkg in manifest["debian_packages"]}
+    pkgroot = REPO / "build" / "cache" / "pkgroot"
+    for name, version in listed.items():
+        assert (pkgroot / f"{name}_{version}").is_dir(), f"{name} {version}: not the fetched version"
+    assert listed[manifest["kernel"]["package"]] == manifest["kernel"]["version"]
+    boot_loaders = (role_defaults("iso")["iso_bootloader_packages"]
+                    + role_defaults("disk_image")["disk_image_bootloader_packages"])
+    missing = {role_defaults("userland")["userland_busybox_package"], *boot_loaders} - set(listed)
+    assert not missing, f"packages taken but not in the manifest: {missing}"
+    # Which package each ELF file of the image's userland came from (by content).
+    origin = {}
+    for root in sorted(pkgroot.iterdir()):
+        if not root.name.startswith("linux-image-"):
+            for digest in elf_digests(root):
+                origin.setdefault(digest, set()).add(root.name)
+    image_elves = elf_digests(REPO / "build" / "test" / "layers" / "userland")
+    assert len(image_elves) > 20
+    unlisted = {path: sorted(origin.get(digest, {"(no package)"})) for digest, path in image_elves.items()
+                if not any(f"{name}_{version}" in origin.get(digest, set()) for name, version in listed.items())}
+    assert not unlisted, f"ELF files whose package is not in the manifest: {unlisted}"
+
+
 def test_modules_layer_holds_compressed_modules_that_depmod_indexes(built_image):
     """Modules are stored as kernel_module_compression says (the unpacked initramfs stays in RAM), and
     modules.dep names exactly those files, so kmod's modprobe finds them."""
