@@ -531,8 +531,7 @@ def make_stub_libdir(layer: Path, root: Path, stages: dict[str, str]) -> Path:
 
 
 def _stage_names(layer: Path) -> list[str]:
-    defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
-    return defaults["init_stages"]
+    return yaml.safe_load((REPO / "roles/init/vars/main.yml").read_text())["init_stages"]
 
 
 def run_init(layer: Path, libdir: Path, root: Path) -> subprocess.CompletedProcess:
