@@ -49,7 +49,7 @@ options:
     default: false
   data_label:
     description:
-      - File system label of the data partition: the boot contract's C(data_label) (files/boot-contract.yml,
+      - File system label of the data partition, the boot contract's C(data_label) (files/boot-contract.yml,
         C(kubesolo_os_boot.data_label) once the kubesolo_os role loaded it).
     type: str
     required: true

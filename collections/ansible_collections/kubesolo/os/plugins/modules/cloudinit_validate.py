@@ -40,7 +40,7 @@ options:
     required: true
   persistent_dirs:
     description:
-      - The directories C(write_files) may write below: the mount points of the boot contract's bind mounts
+      - The directories C(write_files) may write below, the mount points of the boot contract's bind mounts
         (C(bind_mounts[].dest) of files/boot-contract.yml, loaded by the kubesolo_os role as C(kubesolo_os_boot)).
     type: list
     elements: str

@@ -69,7 +69,7 @@ options:
     default: false
   label:
     description:
-      - File system label and GPT partition name: the boot contract's C(data_label) (files/boot-contract.yml,
+      - File system label and GPT partition name, the boot contract's C(data_label) (files/boot-contract.yml,
         C(kubesolo_os_boot.data_label) once the kubesolo_os role loaded it), which the image looks for.
     type: str
     required: true

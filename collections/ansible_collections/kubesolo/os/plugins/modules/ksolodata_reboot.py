@@ -28,7 +28,7 @@ options:
     default: /sbin/reboot
   data_mount:
     description:
-      - Where the image mounts the data partition: the boot contract's C(data_mount) (files/boot-contract.yml,
+      - Where the image mounts the data partition, the boot contract's C(data_mount) (files/boot-contract.yml,
         C(kubesolo_os_boot.data_mount) once the kubesolo_os role loaded it). Without O(test_command), the node
         passes when an ext4 file system is mounted there. One of O(data_mount) and O(test_command) is required.
     type: str
