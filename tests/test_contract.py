@@ -280,3 +280,24 @@ def test_the_image_built_with_another_contract_boots_on_its_label(other_build, r
         assert vm.ssh("stat -c %a /mnt/ksotest/srv-data").stdout.strip() == "750"
     finally:
         stop_guests(guests)
+
+
+def test_the_reboot_waits_for_the_mount_it_is_given():
+    """kubesolo.os.ksolodata_reboot has no built-in mount point: the play passes the contract's data_mount (its
+    test command checks that mount), and without it (or a test_command) the task fails before rebooting."""
+    from types import SimpleNamespace
+
+    from ansible_collections.kubesolo.os.plugins.action import ksolodata_reboot
+
+    command = ksolodata_reboot.data_mount_test("/mnt/ksotest")
+    assert command == "grep -qF ' /mnt/ksotest ext4 ' /proc/mounts"
+    mounts = "/dev/vda /mnt/ksotest ext4 rw,noatime 0 0\n"
+    assert subprocess.run(["sh", "-c", command.replace("/proc/mounts", "/dev/stdin")], input=mounts, text=True,
+                          check=False).returncode == 0
+    assert subprocess.run(["sh", "-c", ksolodata_reboot.data_mount_test(CONTRACT["data_mount"]).replace(
+        "/proc/mounts", "/dev/stdin")], input=mounts, text=True, check=False).returncode == 1
+    plugin = ksolodata_reboot.ActionModule.__new__(ksolodata_reboot.ActionModule)
+    plugin._task = SimpleNamespace(args={"reboot_timeout": 10})
+    result = plugin.run(task_vars={})
+    assert result["failed"] and "needs data_mount" in result["msg"] and not result["rebooted"]
+    assert "data_mount" in ksolodata_reboot.ActionModule._VALID_ARGS
