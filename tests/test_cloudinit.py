@@ -18,6 +18,7 @@ import pytest
 import yaml
 from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
 from conftest import REPO, VENV_BIN, run, tool_env
+from contract import HANDOVER_MARKER
 from test_init_shell import _run_role
 
 FIXTURES = REPO / "tests" / "fixtures" / "cloud-init"
@@ -500,7 +501,7 @@ def test_boot_rejects_invalid_cloud_init(boot, tmp_path: Path):
     data = vmctl.make_data_disk(tmp_path / "data.img", content=content)
     vm = boot("bad", disks=(data,), mac="52:54:00:ab:cd:01", append="kubesolo.data=LABEL=KSOLODATA")
     vm.allow_errors(r"cloud-init /mnt/data/cloud-init\.yaml line 9: ", r"Cloud-init configuration .* rejected")
-    vm.wait(re.escape(vmctl.SUCCESS_MARKER), timeout=300, errors_fail=False)
+    vm.wait(re.escape(HANDOVER_MARKER), timeout=300, errors_fail=False)
     log = vm.log
     assert ("[kubesolo-init] [ERROR] cloud-init /mnt/data/cloud-init.yaml line 9: network.interfaces[0].dns[1]: "
             "not an IPv4 address") in log
