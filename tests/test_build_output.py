@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "files" / "build-output.sh"
@@ -41,9 +39,3 @@ def test_replace_only_when_the_bytes_differ(tmp_path: Path) -> None:
     assert result.stdout == "written\n" and out.read_bytes() == b"other" and not (tmp_path / "new").exists()
     (tmp_path / "new").write_bytes(b"first")
     assert bash("output_replace new missing", tmp_path).stdout == "written\n"
-
-
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
-def test_shellcheck() -> None:
-    result = subprocess.run(["shellcheck", "-s", "bash", str(SCRIPT)], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout
