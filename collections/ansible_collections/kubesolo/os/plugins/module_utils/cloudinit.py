@@ -464,7 +464,7 @@ def check_rules(nodes: list[Node], rules: list[dict[str, Any]], hidden: set[str]
             paths = [f"{p}.{name}" for name in rule["keys"]]
             # (path, given): a key of type list is given only with at least one item.
             keyed = [(path, (path + "[0]" if rule["lists"][i] else path) in by_path) for i, path in enumerate(paths)]
-            given = [ok for _, ok in keyed]
+            given = [ok for _path, ok in keyed]
             kind, message = rule["rule"], rule["message"]
             switch = by_path.get(f"{p}.{rule['if_key']}")
             switched = switch is not None and switch.kind == "P" and switch.value == rule["if_value"]

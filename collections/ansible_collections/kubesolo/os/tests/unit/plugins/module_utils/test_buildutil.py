@@ -90,7 +90,7 @@ def test_state_files_stamp_compare_replace(tmp_path: Path) -> None:
 def test_run_checked_returns_the_output(tmp_path: Path) -> None:
     out, err = buildutil.run_checked(module(), ["sh", "-c", 'printf "%s" "$LC_ALL"; echo warn >&2'], resolve=True)
     assert out == "C" and err == "warn\n"
-    out, _ = buildutil.run_checked(module(), ["printf", "\\377"], binary=True)
+    out, _err = buildutil.run_checked(module(), ["printf", "\\377"], binary=True)
     assert out == b"\xff"
 
 
