@@ -133,15 +133,6 @@ def state_text(state: Mapping[str, Any], indent: int | None = None) -> str:
     return json.dumps(dict(state), indent=indent, sort_keys=True) + ("\n" if indent is not None else "")
 
 
-def state_matches(path: str, expected: Mapping[str, Any], keys: tuple[str, ...] | None = None) -> bool:
-    """Whether the state file at path records expected (only keys, when given)."""
-    state = read_state(path)
-    if state is None:
-        return False
-    names = keys if keys is not None else tuple(expected)
-    return all(name in state and state[name] == expected[name] for name in names)
-
-
 def write_state(path: str, state: Mapping[str, Any], *, indent: int | None = None, mkdir: bool = False) -> bool:
     """Replace the state file at path with state (atomically, 0644); returns False, writing nothing, when it
     already holds exactly that text."""
