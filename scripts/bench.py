@@ -15,14 +15,14 @@ Definitions (also in the Markdown output):
   rendered stage (80-containerd.sh), so the init layer, the initramfs, the ISO and the release files are
   rebuilt. Nothing in the repository is edited.
 - boot: direct kernel boot (-kernel/-initrd, as the boot tests do) of the built image under QEMU TCG with a
-  fresh ext4 KSOLODATA disk; QEMU start -> "[OK] Stage 90-kubesolo.sh complete" on the serial log. The floor
+  fresh ext4 KSOLODATA disk; QEMU start -> the handover marker (files/boot-contract.yml) on the serial log. The floor
   is the same kernel, QEMU options and disk with a trivial initramfs (static busybox, /init prints a marker).
   The DHCP wait is the time between the init's "DHCP on IFACE" and "udhcpc ... finished" lines.
-- memory at handover: MemTotal - MemAvailable read over SSH right after the stage-90 marker (the test double
+- memory at handover: MemTotal - MemAvailable read over SSH right after the handover marker (the test double
   stands in for KubeSolo and uses almost nothing); the unpacked initramfs lives in that memory (rootfs).
 - large stand-in (issue 14): the test double padded with 256 MiB of random bytes (tests/large_double.py),
   built with every size at its default into its own tree (build + no-op rebuild timed), then booted in a
-  512 MiB VM from the ISO as a CD and from the raw image as a USB stick (SeaBIOS): QEMU start -> stage-90
+  512 MiB VM from the ISO as a CD and from the raw image as a USB stick (SeaBIOS): QEMU start -> handover
   marker, and MemTotal - MemAvailable from the double's own meminfo line at its start (the handover).
   The small stand-in's image is booted from the same media in the same VM: the boot times the 1.2x target
   compares against.
@@ -54,7 +54,7 @@ import kubesolo_double  # noqa: E402  (tests/kubesolo_double.py: builds the Kube
 import large_double  # noqa: E402  (tests/large_double.py: the double padded to real KubeSolo size)
 import vmctl  # noqa: E402  (tests/vmctl.py: the one place that runs QEMU)
 from ansible_collections.kubesolo.os.plugins.modules import cpio_pack  # noqa: E402
-from contract import CONTRACT  # noqa: E402  (tests/contract.py: files/boot-contract.yml)
+from contract import CONTRACT, HANDOVER_MARKER  # noqa: E402  (tests/contract.py: files/boot-contract.yml)
 
 VENV_BIN = REPO / ".venv" / "bin"
 BUILD_VARS = REPO / "tests" / "build-vars.yml"
@@ -104,7 +104,7 @@ TARGETS: dict[str, tuple[float, str, str]] = {
     "large_memory_in_use_mb": (100.0, "MB", "large.memory_in_use_mb"),
     "large_vs_small_boot_ratio": (1.2, "x", "large.boot_ratio"),
 }
-# Issue 14's boot target: QEMU start -> stage-90 marker with the 256 MiB stand-in, from each medium, at most 1.2x
+# Issue 14's boot target: QEMU start -> handover marker with the 256 MiB stand-in, from each medium, at most 1.2x
 # the small stand-in's boot from the same medium, measured in the same run (512 MiB VM, SeaBIOS). Before the
 # system image existed the small stand-in's media boots took the same time (docs/benchmark.md).
 LARGE_VM_MEMORY_MB = 512
@@ -480,7 +480,7 @@ def bench_boot(booter: Booter, builder: Builder, runs: int, scratch: Path) -> tu
         floor = booter.boot(floor_initrd, FLOOR_MARKER)
         floor_up = re.search(re.escape(FLOOR_MARKER) + r" uptime=([0-9.]+)", floor["log"])
         log(f"  floor {floor['marker_s']} s; image")
-        image = booter.boot(initramfs, vmctl.SUCCESS_MARKER, append=f"kubesolo.data=LABEL={CONTRACT['data_label']}",
+        image = booter.boot(initramfs, HANDOVER_MARKER, append=f"kubesolo.data=LABEL={CONTRACT['data_label']}",
                             ssh=True,
                             after=read_memory)
         stages = parse_stages(image["log"])
@@ -534,7 +534,7 @@ def unpack_boot(booter: Booter, scratch: Path) -> Callable[[Path], dict[str, flo
 # ------------------------------------------------------------------------------------------------
 def boot_medium(workdir: Path, name: str, timeout: float = 900, **medium: Path) -> dict[str, Any]:
     """Boot a medium (iso= as a CD, usb_disk= as a USB stick) under SeaBIOS in a 512 MiB VM; seconds from QEMU
-    start to the stage-90 marker, and the memory in use from the double's meminfo line."""
+    start to the handover marker, and the memory in use from the double's meminfo line."""
     spec = vmctl.VMSpec(name=f"bench-{os.getpid()}-{name}", workdir=workdir, memory_mb=LARGE_VM_MEMORY_MB,
                         append="", reboot=False, **medium)
     started = time.monotonic()
@@ -543,7 +543,7 @@ def boot_medium(workdir: Path, name: str, timeout: float = 900, **medium: Path) 
         seen = None
         while True:
             text = vmctl.read_log(spec.serial_log)
-            if seen is None and vmctl.SUCCESS_MARKER in text:
+            if seen is None and HANDOVER_MARKER in text:
                 seen = time.monotonic() - started
             match = MEMINFO_RE.search(text)
             if seen is not None and match:
@@ -551,7 +551,7 @@ def boot_medium(workdir: Path, name: str, timeout: float = 900, **medium: Path) 
             if vmctl.ERROR_MARKER in text or "Kernel panic" in text or "[kubesolo-test-double] refused" in text:
                 raise vmctl.VMError(f"{name}: the guest reported an error (log {spec.serial_log})")
             if time.monotonic() - started > timeout:
-                raise vmctl.VMError(f"{name}: no stage-90 marker and meminfo line within {timeout}s")
+                raise vmctl.VMError(f"{name}: no handover marker and meminfo line within {timeout}s")
             time.sleep(0.1)
         total, available, shmem = (int(v) for v in match.groups())
         return {"marker_s": round(seen, 3), "in_use_mb": round((total - available) * 1024 / MB, 2),
@@ -704,11 +704,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"{mib(g['raw_image_bytes'])} |")
         for key, label in (("iso_cd", "ISO as CD"), ("usb_stick", "raw image as USB stick")):
             b = g["boots"][key]
-            add(f"| {label}: QEMU start -> stage 90 | {b['marker_s']} s |")
+            add(f"| {label}: QEMU start -> handover | {b['marker_s']} s |")
             add(f"| {label}: MemTotal - MemAvailable / Shmem at handover | {b['in_use_mb']} MB / {b['shmem_mb']} MB |")
         for key, label in (("iso_cd", "ISO as CD"), ("usb_stick", "raw image as USB stick")):
             small = results["small_media"][key]
-            add(f"| small stand-in, {label}: QEMU start -> stage 90 / memory in use | {small['marker_s']} s / "
+            add(f"| small stand-in, {label}: QEMU start -> handover / memory in use | {small['marker_s']} s / "
                 f"{small['in_use_mb']} MB |")
         add(f"| large / small boot time (worst medium) | {g['boot_ratio']} |")
     if "boot" in results:
@@ -717,7 +717,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{BOOT_MEMORY_MB} MiB, virtio data disk, user networking restrict=on)\n")
         add("| figure | seconds |\n| --- | --- |")
         add(f"| floor: QEMU start -> trivial /init marker | {b['floor_s']} |")
-        add(f"| image: QEMU start -> [OK] Stage 90 | {b['image_s']} |")
+        add(f"| image: QEMU start -> handover marker | {b['image_s']} |")
         add(f"| DHCP wait (excluded) | {b['dhcp_wait_s']} |")
         add(f"| stages added to the floor (image - floor - DHCP) | {b['stages_added_s']} |")
         add(f"| kernel unpack of the initramfs: floor / image | {b['floor_unpack_s']} / {b['image_unpack_s']} |")

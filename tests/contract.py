@@ -2,7 +2,7 @@
 
 The build roles, the flash and provisioning roles, the collection's modules (as arguments) and the
 cloud-init validators read the same file (roles/kubesolo_os/tasks/contract.yml loads it into Ansible as
-`kubesolo_os_boot`). Tests take the data label, data mount, bind mounts and boot menu from CONTRACT.
+`kubesolo_os_boot`). Tests take the data label, data mount, bind mounts, boot menu and handover marker from here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import yaml
 
 CONTRACT_FILE = Path(__file__).resolve().parent.parent / "files" / "boot-contract.yml"
 CONTRACT: dict[str, Any] = yaml.safe_load(CONTRACT_FILE.read_text())
+
+
+# The line the init prints when every stage has run, right before it hands over to KubeSolo.
+HANDOVER_MARKER: str = CONTRACT["handover_marker"]
 
 
 def persistent_dirs(contract: dict[str, Any] = CONTRACT) -> list[str]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import vmctl
+from contract import HANDOVER_MARKER
 
 SSH_OPTIONS = [
     "-o", "StrictHostKeyChecking=no",
@@ -88,7 +89,7 @@ class Guest:
 
     def wait_booted(self, timeout: float = 240) -> float:
         """Wait for the stage-90 marker; returns seconds since QEMU started."""
-        self.wait(re.escape(vmctl.SUCCESS_MARKER), timeout=timeout)
+        self.wait(re.escape(HANDOVER_MARKER), timeout=timeout)
         return time.monotonic() - self.started
 
     def mark(self) -> None:

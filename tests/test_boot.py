@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import vmctl
 from conftest import REPO, ROOT_PASSWORD, ansible_playbook, role_defaults
-from contract import CONTRACT
+from contract import CONTRACT, HANDOVER_MARKER
 from guest import assert_kubesolo_alive
 from test_container_runtime import PIVOT_PROBE
 
@@ -26,7 +26,7 @@ BOOT_MODULES = role_defaults("kubesolo_os")["kubesolo_os_boot_modules"]
 MODULE_SUFFIX = {"zstd": ".ko.zst", "xz": ".ko.xz", "none": ".ko"}[role_defaults("kernel")["kernel_module_compression"]]
 INIT = role_defaults("init")
 SYSCTLS = INIT["init_sysctls"]
-OK90 = re.escape(vmctl.SUCCESS_MARKER)
+OK90 = re.escape(HANDOVER_MARKER)
 DOUBLE_RUNNING = re.escape("[kubesolo-test-double] running")
 IMAGE_BINARY = "/usr/lib/kubesolo-os/bin/kubesolo"
 
@@ -135,7 +135,7 @@ def test_persistent_node_first_and_second_boot(boot, tmp_path):
     # The double (kingpin) accepted them and is still the same process after the longest back-off.
     assert_kubesolo_alive(vm)
     # The success marker comes before the handover.
-    assert vm.log.index(vmctl.SUCCESS_MARKER) < vm.log.index("[kubesolo-test-double] pid=")
+    assert vm.log.index(HANDOVER_MARKER) < vm.log.index("[kubesolo-test-double] pid=")
 
     vm.wait_ssh()
     host = vm.testinfra()
@@ -344,7 +344,7 @@ def test_named_data_device_that_never_appears_stops_the_boot_and_exit_retries(bo
     vm.allow_errors(r"Data device /dev/vdz did not appear", r"Stage 20-persistent-mount\.sh failed")
     vm.wait(r"\[ERROR\] Data device /dev/vdz did not appear within 3s",
             r"\[ERROR\] Stage 20-persistent-mount\.sh failed", r"[Pp]assword", errors_fail=False, timeout=180)
-    assert vmctl.SUCCESS_MARKER not in vm.log
+    assert HANDOVER_MARKER not in vm.log
     vm.type(ROOT_PASSWORD + "\r")
     vm.wait_shell_prompt()
     # From the shell: run from RAM this time, then exit to retry from the failed stage.
@@ -368,7 +368,7 @@ def test_unrepairable_file_system_is_never_mounted_or_formatted(boot, tmp_path):
             errors_fail=False, timeout=180)
     vm.stop()
     assert fs_uuid(disk) == uuid, "the data partition was reformatted"
-    assert vmctl.SUCCESS_MARKER not in vm.log
+    assert HANDOVER_MARKER not in vm.log
 
 
 def test_no_data_partition_falls_back_to_ram_with_a_warning(boot):

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import vmctl
+from contract import HANDOVER_MARKER
 from guest import assert_kubesolo_alive
 
 pytestmark = pytest.mark.slow
 
-OK90 = re.escape(vmctl.SUCCESS_MARKER)
+OK90 = re.escape(HANDOVER_MARKER)
 LEGACY = Path(__file__).parent / "fixtures" / "legacy-network"
 
 
@@ -94,7 +95,7 @@ def test_two_data_partitions_are_refused_naming_both(boot, tmp_path):
     assert re.search(r"boot with kubesolo\.data=UUID=(\S+) or kubesolo\.data=UUID=(\S+), or remove the label", line)
     assert set(re.search(r"boot with kubesolo\.data=UUID=(\S+) or kubesolo\.data=UUID=(\S+),", line).groups()) == \
         set(uuids)
-    assert vmctl.SUCCESS_MARKER not in vm.log and "Mounted /dev/vd" not in vm.log
+    assert HANDOVER_MARKER not in vm.log and "Mounted /dev/vd" not in vm.log
     vm.stop()
     for disk in (first, second):
         subprocess.run(["e2fsck", "-fn", str(disk)], capture_output=True, check=True)

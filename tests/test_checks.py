@@ -15,6 +15,7 @@ import pytest
 import vmctl
 import yaml
 from conftest import REPO, stop_guests
+from contract import HANDOVER_MARKER
 
 INIT = REPO / "roles" / "init" / "templates" / "usr" / "lib" / "kubesolo-os"
 
@@ -67,9 +68,9 @@ def serial(tmp_path: Path):
 def test_wait_for_fails_on_an_error_read_in_the_same_poll_as_the_marker(tmp_path: Path) -> None:
     log = tmp_path / "serial.log"
     log.write_text("[kubesolo-init] [ERROR] Stage 80-containerd.sh failed\n"
-                   f"{vmctl.SUCCESS_MARKER}\n")
+                   f"{HANDOVER_MARKER}\n")
     with pytest.raises(vmctl.VMError, match=r"Stage 80-containerd\.sh failed"):
-        vmctl.wait_for(log, [re.escape(vmctl.SUCCESS_MARKER)], timeout=5)
+        vmctl.wait_for(log, [re.escape(HANDOVER_MARKER)], timeout=5)
 
 
 def test_every_boot_is_checked_for_undeclared_errors(serial) -> None:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from ansible_collections.kubesolo.os.plugins.module_utils import cloudinit
 from conftest import REPO, VENV_BIN, run, tool_env
-from contract import persistent_dirs
+from contract import HANDOVER_MARKER, persistent_dirs
 from test_init_shell import _run_role
 
 FIXTURES = REPO / "tests" / "fixtures" / "cloud-init"
@@ -116,6 +116,75 @@ def test_schema_table_rendered_from_the_schema(ci_layer: Path):
     assert [(r[1], r[2]) for r in rows] == [(k, v["type"]) for k, v in SCHEMA["keys"].items()]
     dirs = [line.split("\t")[1] for line in table.splitlines() if line.startswith("P\t")]
     assert dirs == SCHEMA["persistent_dirs"] == persistent_dirs()
+
+
+def test_cross_key_rules_rendered_from_the_schema(ci_layer: Path):
+    table = (ci_layer / LIBDIR / "cloud-init.schema").read_text()
+    rows = [line.split("\t")[1:] for line in table.splitlines() if line.startswith("R\t")]
+    assert rows == [[r["mapping"], r["rule"], " ".join(r["keys"]), r["if_key"], r["if_value"], r["message"]]
+                    for r in SCHEMA["rules"]]
+    assert len(rows) == 6
+
+
+EXTRA_RULES_FILE = """\
+proxy:
+  http_proxy: http://proxy.example:3128
+ntp:
+  servers: []
+kubesolo:
+  portainer_edge_id: some-id
+"""
+
+
+@needs_busybox
+def test_rule_added_only_to_the_schema_is_enforced_by_both_parsers(tmp_path: Path):
+    """A cross-key rule is data: added to a copy of files/cloud-init-schema.yml (nothing else changed), the
+    Python validator and the boot parser (the init role rendered with that schema) both enforce it alike."""
+    data = yaml.safe_load(SCHEMA_FILE.read_text())
+    data["rules"] += [
+        {"mapping": "proxy", "rule": "together", "keys": ["http_proxy", "https_proxy"],
+         "message": "give http_proxy and https_proxy together"},
+        {"mapping": "ntp", "rule": "required", "keys": ["servers"], "message": "needs at least one server"},
+        {"mapping": "kubesolo", "rule": "forbidden_if", "if_key": "portainer_edge_id", "if_value": "some-id",
+         "keys": ["portainer_edge_id"], "message": "this id is reserved"},
+    ]
+    schema_file = tmp_path / "cloud-init-schema.yml"
+    schema_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    schema = cloudinit.load_schema(data, yaml.safe_load(FLAGS_FILE.read_text()))
+    _run_role(tmp_path, tmp_path / "layers", {"init_cloudinit_schema_file": str(schema_file)})
+    layer = tmp_path / "layers" / "init"
+    config = tmp_path / "extra-rules.yaml"
+    config.write_text(EXTRA_RULES_FILE)
+    py, awk = cloudinit.check(config.read_bytes(), schema).flat(), awk_flat(layer, config)
+    assert py == awk
+    errors = [line.split("\t")[2:] for line in py if line.startswith("D\tERROR\t")]
+    assert ["2", "proxy.https_proxy", "give http_proxy and https_proxy together"] in errors
+    assert ["4", "ntp.servers", "needs at least one server"] in errors
+    assert ["6", "kubesolo.portainer_edge_id", "this id is reserved"] in errors
+    # The shipped schema does not have these rules: only its own (the edge key is missing).
+    shipped = [line.split("\t")[3] for line in python_flat(config) if line.startswith("D\tERROR\t")]
+    assert shipped == ["kubesolo.portainer_edge_key"]
+
+
+@needs_busybox
+def test_unknown_rule_is_refused_by_both_parsers(ci_layer: Path, tmp_path: Path):
+    data = yaml.safe_load(SCHEMA_FILE.read_text())
+    data["rules"].append({"mapping": "proxy", "rule": "implies", "keys": ["http_proxy"], "message": "m"})
+    with pytest.raises(ValueError, match="unknown rule"):
+        cloudinit.load_schema(data, yaml.safe_load(FLAGS_FILE.read_text()))
+    schema = tmp_path / "cloud-init.schema"
+    schema.write_text((ci_layer / LIBDIR / "cloud-init.schema").read_text()
+                      + "R\tproxy\timplies\thttp_proxy\t\t\tm\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("hostname: node-1\n")
+    result = subprocess.run([BUSYBOX, "awk", "-v", f"schema={schema}", "-f", str(ci_layer / LIBDIR / "cloud-init.awk"),
+                             str(config)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout.splitlines() == [f"D\tERROR\t0\t\tunknown rule implies in the schema {schema}"]
+    # A schema that cannot be read is refused the same way (its error used to be lost: no output, no error).
+    result = subprocess.run([BUSYBOX, "awk", "-v", f"schema={tmp_path}/missing", "-f",
+                             str(ci_layer / LIBDIR / "cloud-init.awk"), str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout.splitlines() == [f"D\tERROR\t0\t\tcannot read the schema {tmp_path}/missing"]
 
 
 @needs_busybox
@@ -502,7 +571,7 @@ def test_boot_rejects_invalid_cloud_init(boot, tmp_path: Path):
     data = vmctl.make_data_disk(tmp_path / "data.img", content=content)
     vm = boot("bad", disks=(data,), mac="52:54:00:ab:cd:01", append="kubesolo.data=LABEL=KSOLODATA")
     vm.allow_errors(r"cloud-init /mnt/data/cloud-init\.yaml line 9: ", r"Cloud-init configuration .* rejected")
-    vm.wait(re.escape(vmctl.SUCCESS_MARKER), timeout=300, errors_fail=False)
+    vm.wait(re.escape(HANDOVER_MARKER), timeout=300, errors_fail=False)
     log = vm.log
     assert ("[kubesolo-init] [ERROR] cloud-init /mnt/data/cloud-init.yaml line 9: network.interfaces[0].dns[1]: "
             "not an IPv4 address") in log

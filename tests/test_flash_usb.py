@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 from conftest import VENV_BIN, run, stop_guests, tool_env, vm_pool
+from contract import HANDOVER_MARKER
 from guest import assert_kubesolo_alive
 from loopdev import MIB, LoopDevices, sh
 
 pytestmark = pytest.mark.slow
 
 PLAYBOOK = "playbooks/flash-usb.yml"
-OK90 = re.escape("[kubesolo-init] [OK] Stage 90-kubesolo.sh complete")
+OK90 = re.escape(HANDOVER_MARKER)
 
 
 def sha256_of(path: str | Path, length: int) -> str:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import guest
 import pytest
+from contract import HANDOVER_MARKER
 
 BOOT = ("[kubesolo-init] [   0.50] KubeSolo OS init starting (stages: 00 10)\n"
-        "[kubesolo-init] [OK] Stage 90-kubesolo.sh complete\n")
+        f"{HANDOVER_MARKER}\n")
 SUPERVISED = "[kubesolo-init] [   9.10] Starting KubeSolo (/usr/local/bin/kubesolo, 3 arguments)\n"
 EXECUTED = "[kubesolo-init] [   9.10] Executing /usr/local/bin/kubesolo as PID 1\n"
 

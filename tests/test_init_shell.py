@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from contract import HANDOVER_MARKER
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCH = 1700000000
@@ -34,7 +35,7 @@ def _ansible_playbook() -> str | None:
     return shutil.which("ansible-playbook")
 
 
-def _run_role(workdir: Path, layers: Path, extra_vars: dict | None = None) -> str:
+def _run_role(workdir: Path, layers: Path, extra_vars: dict | None = None, *, expect_failure: bool = False) -> str:
     playbook = workdir / "render.yml"
     play = [
         {
@@ -67,6 +68,9 @@ def _run_role(workdir: Path, layers: Path, extra_vars: dict | None = None) -> st
         timeout=300,
         check=False,
     )
+    if expect_failure:
+        assert result.returncode != 0, result.stdout
+        return result.stdout + result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -112,8 +116,7 @@ def bb(functions: Path, script: str, *args: str, env: dict | None = None) -> sub
 # --------------------------------------------------------------------------------------------
 PARSE = """
 ksi_parse_cmdline "$1"
-for v in KUBESOLO_DATA_DEV KUBESOLO_DATA_EXPLICIT KUBESOLO_DATA_WAIT KUBESOLO_DEBUG \
-    KUBESOLO_SHELL KUBESOLO_NOPERSIST KUBESOLO_CLOUDINIT KUBESOLO_EXTRA_FLAGS; do
+for v in $KSI_CMDLINE_VARS; do
     printf '%s\\n' "$(env | grep "^$v=" || echo "$v UNEXPORTED")"
 done
 """
@@ -130,13 +133,13 @@ def test_cmdline_defaults(functions: Path) -> None:
     values, stderr = parse(functions, "BOOT_IMAGE=/vmlinuz console=ttyS0,115200n8 quiet")
     assert values == {
         "KUBESOLO_DATA_DEV": "",
-        "KUBESOLO_DATA_EXPLICIT": "0",
         "KUBESOLO_DATA_WAIT": "30",
         "KUBESOLO_DEBUG": "0",
         "KUBESOLO_SHELL": "0",
         "KUBESOLO_NOPERSIST": "0",
         "KUBESOLO_CLOUDINIT": "",
         "KUBESOLO_EXTRA_FLAGS": "",
+        "KUBESOLO_SYSIMAGE": "",
     }
     assert stderr == ""
 
@@ -148,7 +151,6 @@ def test_cmdline_all_parameters(functions: Path) -> None:
         "kubesolo.nopersist kubesolo.cloudinit=/mnt/data/cloud-init.yaml kubesolo.datawait=90\n",
     )
     assert values["KUBESOLO_DATA_DEV"] == "LABEL=KSOLODATA"
-    assert values["KUBESOLO_DATA_EXPLICIT"] == "1"
     assert values["KUBESOLO_DATA_WAIT"] == "90"
     assert values["KUBESOLO_DEBUG"] == "1"
     assert values["KUBESOLO_SHELL"] == "1"
@@ -589,7 +591,7 @@ def test_init_retries_from_the_failed_stage(layer: Path, tmp_path: Path) -> None
     ]
     assert trace.count("00-early-mount.sh") == 1
     assert "[kubesolo-init] [ERROR] Stage 30-kernel-modules.sh failed (exit 3)" in result.stderr
-    assert result.stderr.splitlines()[-2] == "[kubesolo-init] [OK] Stage 90-kubesolo.sh complete"
+    assert result.stderr.splitlines()[-3:-1] == ["[kubesolo-init] [OK] Stage 90-kubesolo.sh complete", HANDOVER_MARKER]
 
 
 def test_init_kubesolo_shell_after_stage_10(layer: Path, tmp_path: Path) -> None:
@@ -600,6 +602,140 @@ def test_init_kubesolo_shell_after_stage_10(layer: Path, tmp_path: Path) -> None
     assert trace[:3] == ["00-early-mount.sh", "10-parse-cmdline.sh", "shell"]
     assert trace[3] == "20-persistent-mount.sh"
     assert "[ERROR]" not in result.stderr
+
+
+def test_init_prints_the_contract_handover_marker_once_after_the_last_stage(layer: Path, tmp_path: Path) -> None:
+    """The marker is files/boot-contract.yml's handover_marker, printed once, after the last stage's [OK]."""
+    libdir = make_stub_libdir(layer, tmp_path, {})
+    result = run_init(layer, libdir, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines.count(HANDOVER_MARKER) == 1
+    last_ok = max(i for i, line in enumerate(lines) if "[OK] Stage " in line)
+    assert lines[last_ok] == f"[kubesolo-init] [OK] Stage {_stage_names(layer)[-1]} complete"
+    assert lines.index(HANDOVER_MARKER) == last_ok + 1
+    assert HANDOVER_MARKER.startswith("[kubesolo-init] ") and "Stage" not in HANDOVER_MARKER
+
+
+def test_extra_stage_after_90_runs_before_the_handover_marker(tmp_path: Path) -> None:
+    """A stage added after 90 (init_extra_stages) is rendered, sourced after stage 90, and the marker follows it."""
+    template = tmp_path / "95-test-extra.sh.j2"
+    template.write_text('# shellcheck shell=sh\n'
+                        'echo "95-test-extra.sh {{ init_hostname_prefix }}" >> "$TRACE"\nreturn 0\n')
+    layers = tmp_path / "layers"
+    extra = {"init_extra_stages": [{"name": "95-test-extra.sh", "template": str(template)}]}
+    _run_role(tmp_path, layers, extra)
+    layer = layers / "init"
+    rendered = layer / LIBDIR / "init.d/95-test-extra.sh"
+    assert rendered.stat().st_mode & 0o777 == 0o755
+    assert "kubesolo-" in rendered.read_text()  # rendered as a template
+    root = tmp_path / "run"
+    root.mkdir()
+    libdir = make_stub_libdir(layer, root, {})
+    shutil.copy(rendered, libdir / "init.d" / rendered.name)
+    result = run_init(layer, libdir, root)
+    assert result.returncode == 0, result.stderr
+    assert (root / "trace").read_text().split() == [*_stage_names(layer), "95-test-extra.sh", "kubesolo-"]
+    lines = result.stderr.splitlines()
+    assert lines.index("[kubesolo-init] [OK] Stage 90-kubesolo.sh complete") < lines.index(
+        "[kubesolo-init] [OK] Stage 95-test-extra.sh complete") < lines.index(HANDOVER_MARKER)
+    # Dropped again: its file goes (init.d is exclusive), and the init no longer names it.
+    _run_role(tmp_path, layers)
+    assert not rendered.exists()
+    assert "95-test-extra.sh" not in (layer / "sbin/init").read_text()
+
+
+@pytest.mark.parametrize("stage", [{"name": "95-Bad.sh", "template": "/x.j2"},
+                                   {"name": "90-kubesolo.sh", "template": "/x.j2"}, {"name": "95-x.sh"}])
+def test_extra_stage_refused(tmp_path: Path, stage: dict) -> None:
+    output = _run_role(tmp_path, tmp_path / "layers", {"init_extra_stages": [stage]}, expect_failure=True)
+    assert "Invalid init_extra_stages" in output
+
+
+# --------------------------------------------------------------------------------------------
+# The hand-over to KubeSolo and DHCP (functions.sh, shared by /sbin/init, kubesolo-run, stage 50, cloud-init)
+# --------------------------------------------------------------------------------------------
+def test_boot_vars_list_names_every_kubesolo_variable_the_boot_sets(layer: Path, functions: Path) -> None:
+    """KSI_BOOT_VARS (the one list ksi_kubesolo_exec unsets) holds every KUBESOLO_* variable any rendered
+    file assigns except KubeSolo's own, none of KubeSolo's own, and KSI_CMDLINE_VARS is what stage 10 exports."""
+    listed = bb(functions, 'printf "%s\\n" "$KSI_BOOT_VARS" "$KSI_CMDLINE_VARS"')
+    boot_vars, cmdline_vars = (set(line.split()) for line in listed.stdout.splitlines())
+    assert cmdline_vars < boot_vars
+    assigned: set[str] = set()
+    for path in [layer / "sbin/init", *(layer / LIBDIR).rglob("*")]:
+        if path.is_file():
+            assigned |= set(re.findall(r"\b(KUBESOLO_[A-Z_]+)=", path.read_text()))
+    # KubeSolo's own variables (the flags' environment twins, written to kubesolo.env) are not the boot's;
+    # KUBESOLO_DEBUG is both, which is why the boot's are unset before KubeSolo starts.
+    flags = yaml.safe_load((REPO / "files/kubesolo-flags.yml").read_text())["kubesolo_flags"]
+    twins = {flag["env"] for flag in flags if flag["env"]} - boot_vars
+    assert "KUBESOLO_DEBUG" in boot_vars
+    assert assigned - twins <= boot_vars, assigned - twins - boot_vars
+    assert "KUBESOLO_DATA_EXPLICIT" not in boot_vars
+    values, _ = parse(functions, "quiet")
+    assert set(values) == cmdline_vars
+
+
+HANDOVER = r"""
+KSI_RUNDIR=$1
+KSI_KUBESOLO_BINARY=$2
+KSI_KUBESOLO_ARGS_FILE=$1/kubesolo.args
+for v in $KSI_BOOT_VARS; do export "$v=boot"; done
+export KUBESOLO_PORTAINER_EDGE_ID=stale
+ksi_kubesolo_exec "$3"
+echo "returned $?"
+"""
+
+
+@pytest.mark.parametrize("mode", ["supervised", "pid1"])
+def test_kubesolo_exec_hands_over_clean(functions: Path, tmp_path: Path, mode: str) -> None:
+    """ksi_kubesolo_exec: the boot's KUBESOLO_* are gone, kubesolo.env is exported as data (never evaluated),
+    the arguments arrive word for word, the limit is set, and supervised it records its PID."""
+    run = tmp_path / "run"
+    run.mkdir()
+    binary = tmp_path / "kubesolo"
+    binary.write_text('#!/bin/sh\nprintf "arg=%s\\n" "$@"\nenv | grep -E "^(KUBESOLO_|HTTP_PROXY)" | sort\n'
+                      'echo "nofile=$(ulimit -n)"\n')
+    binary.chmod(0o755)
+    (run / "kubesolo.args").write_text("--path=/var/lib/kubesolo\n--node-ip=$(touch pwned) x\n")
+    (run / "kubesolo.env").write_text(
+        f"KUBESOLO_PORTAINER_EDGE_ID=abc def\nHTTP_PROXY=http://proxy:3128\n$(touch {tmp_path}/pwned)\n# note\n")
+    result = bb(functions, HANDOVER, str(run), str(binary), mode)
+    assert "returned" not in result.stdout, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert out[:2] == ["arg=--path=/var/lib/kubesolo", "arg=--node-ip=$(touch pwned) x"]
+    assert [line for line in out if line.startswith(("KUBESOLO_", "HTTP_PROXY"))] == [
+        "HTTP_PROXY=http://proxy:3128", "KUBESOLO_PORTAINER_EDGE_ID=abc def"]
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
+    nofile = defaults["init_kubesolo_nofile"]
+    assert f"nofile={nofile}" in out or f"[WARN] Cannot set the open-files limit to {nofile}" in result.stderr
+    if mode == "supervised":
+        assert (run / "kubesolo.pid").read_text().strip().isdigit()
+        assert f"Starting KubeSolo ({binary}, 2 arguments)" in result.stderr
+    else:
+        assert not (run / "kubesolo.pid").exists()
+        assert f"Executing {binary} as PID 1" in result.stderr
+
+
+def test_kubesolo_exec_refuses_without_binary_or_arguments(functions: Path, tmp_path: Path) -> None:
+    result = bb(functions, HANDOVER, str(tmp_path), str(tmp_path / "missing"), "supervised")
+    assert result.stdout.strip() == "returned 1"
+    assert "[ERROR] Cannot start KubeSolo:" in result.stderr
+
+
+def test_dhcp_is_one_udhcpc_call(layer: Path, functions: Path) -> None:
+    """ksi_dhcp is the one udhcpc command line; stage 50 and cloud-init call it, with the role's settings."""
+    result = bb(functions, 'udhcpc() { printf "%s\\n" "$@"; return 3; }\nksi_dhcp eth7\necho "rc=$?"')
+    defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
+    # udhcpc's output goes to the console (stderr), not into a caller's command substitution.
+    assert (result.stderr + result.stdout).split() == [
+        "-i", "eth7", "-t", str(defaults["init_dhcp_tries"]), "-T", str(defaults["init_dhcp_timeout"]),
+        "-A", str(defaults["init_dhcp_retry_pause"]), "-b", "-p", "/run/udhcpc.eth7.pid", "-s",
+        defaults["init_dhcp_script"], "rc=3"]
+    for path in (LIBDIR + "/init.d/50-network.sh", LIBDIR + "/cloud-init.sh"):
+        text = (layer / path).read_text()
+        assert "ksi_dhcp " in text and not re.search(r"^\s*(if )?udhcpc ", text, re.M), path
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,13 +810,19 @@ def test_leave_rootfs_runs_first_in_init_as_pid_1_only(layer: Path) -> None:
 
 
 def test_kubesolo_open_files_limit_in_both_handovers(layer: Path) -> None:
+    """Both hand-overs (exec in /sbin/init, supervised in kubesolo-run) go through ksi_kubesolo_exec, which sets
+    the limit before its exec; neither file has a hand-over of its own."""
     defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
     limit = f"ulimit -n {defaults['init_kubesolo_nofile']} "
     assert defaults["init_kubesolo_nofile"] == 65535  # upstream unit's LimitNOFILE
-    run = (layer / LIBDIR / "kubesolo-run").read_text()
-    assert limit in run and run.index(limit) < run.index('exec "$KSI_KUBESOLO_BINARY"')
-    init = (layer / "sbin/init").read_text()
-    assert limit in init and init.index(limit) < init.index('exec "$KSI_KUBESOLO_BINARY" "$@"')
+    functions = (layer / LIBDIR / "functions.sh").read_text()
+    body = functions[functions.index("ksi_kubesolo_exec() {"):]
+    body = body[:body.index("\n}\n")]
+    assert limit in body and body.index(limit) < body.index('exec "$KSI_KUBESOLO_BINARY"')
+    for path, mode in ((LIBDIR + "/kubesolo-run", "supervised"), ("sbin/init", "pid1")):
+        text = (layer / path).read_text()
+        assert f"ksi_kubesolo_exec {mode}\n" in text, path
+        assert "ulimit" not in text and 'exec "$KSI_KUBESOLO_BINARY"' not in text and "kubesolo.env" not in text, path
 
 
 def test_build_epoch_rendered(functions: Path) -> None:

@@ -30,6 +30,7 @@ import jinja2
 import pytest
 import yaml
 from conftest import ARTIFACTS, REPO, VENV_BIN, ansible_playbook, ensure_ssh_key
+from contract import HANDOVER_MARKER
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -229,7 +230,7 @@ def test_real_kubesolo_node_ready_pod_and_data_survive_a_reboot(tmp_path: Path):
         forward.terminate()
         vm.mark()
         vm.ssh("reboot", check=False)
-        vm.wait(r"KubeSolo OS init starting", re.escape(vmctl.SUCCESS_MARKER), timeout=900)
+        vm.wait(r"KubeSolo OS init starting", re.escape(HANDOVER_MARKER), timeout=900)
         vm.wait_ssh(timeout=300)
         forward = tunnel(vm, local_port)
         kubectl.wait_for(f"node {node} Ready after the reboot", ready, "True", timeout=1800)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import large_double
 import pytest
-import vmctl
 from conftest import BUILD_VARS, REPO, BuiltImage, ansible_playbook, ensure_ssh_key, role_defaults, vm_pool
+from contract import HANDOVER_MARKER
 from guest import assert_kubesolo_alive
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ VM_MEMORY_MIB = 512
 # MemTotal - MemAvailable at handover when booted from a medium (issue 14), in MB (10^6 bytes).
 MEMORY_LIMIT_MB = 100
 MEMINFO = re.compile(r"\[kubesolo-test-double\] meminfo MemTotal=(\d+) MemAvailable=(\d+) Shmem=(\d+)")
-OK90 = re.escape(vmctl.SUCCESS_MARKER)
+OK90 = re.escape(HANDOVER_MARKER)
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
 SYSIMAGE = role_defaults("kubesolo")["kubesolo_sysimage_media_path"]
 
@@ -196,7 +196,7 @@ def test_damaged_system_image_stops_the_boot_with_an_error(built_image, medium, 
     stage = "20-persistent-mount" if damage == "missing" else "90-kubesolo"
     vm.wait(rf"\[ERROR\] Stage {stage}\.sh failed", r"Emergency shell", timeout=120, errors_fail=False)
     log = vm.log
-    assert vmctl.SUCCESS_MARKER not in log
+    assert HANDOVER_MARKER not in log
     assert "[kubesolo-test-double]" not in log and "Starting KubeSolo" not in log
     assert "KubeSolo arguments:" not in log and "mounted read-only on /usr/lib/kubesolo-os/bin" not in log
     if damage == "missing":

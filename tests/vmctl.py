@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract import CONTRACT
+from contract import CONTRACT, HANDOVER_MARKER
 
-SUCCESS_MARKER = "[kubesolo-init] [OK] Stage 90-kubesolo.sh complete"
 ERROR_MARKER = "[kubesolo-init] [ERROR]"
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -310,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(start(spec))
         elif args.command == "wait":
-            _, waited = wait_for(args.log, args.pattern or [re.escape(SUCCESS_MARKER)], args.timeout,
+            _, waited = wait_for(args.log, args.pattern or [re.escape(HANDOVER_MARKER)], args.timeout,
                                  pidfile=args.pidfile)
             print(f"{waited:.1f}")
         elif args.command == "stop":

@@ -10,7 +10,8 @@
 #   D<TAB>level<TAB>line<TAB>key<TAB>message level ERROR or WARN; messages never hold values
 # The schema file (rendered from files/cloud-init-schema.yml; the P lines from the bind mounts of
 # files/boot-contract.yml) has lines
-#   K<TAB>key<TAB>type<TAB>key_pattern,   P<TAB>persistent directory   and   S<TAB>max_bytes<TAB>N
+#   K<TAB>key<TAB>type<TAB>key_pattern,   P<TAB>persistent directory,   S<TAB>max_bytes<TAB>N   and the
+#   cross-key rules R<TAB>mapping<TAB>rule<TAB>keys (space-separated)<TAB>if_key<TAB>if_value<TAB>message
 # Parsing stops at the first syntax error (one ERROR record). Data is never evaluated.
 # A file larger than max_bytes (size= from the caller, else counted while reading) is refused with
 # one ERROR at line 1 and nothing else. A UTF-8 byte order mark at the start is skipped; a line that
@@ -20,6 +21,9 @@
 
 BEGIN {
     TAB = "\t"
+    # Set before the schema is read: an error in it (perr) is a diagnostic like any other.
+    nn = 0
+    nd = 0
     nsk = 0
     ndirs = 0
     while ((getline sl < schema) > 0) {
@@ -34,6 +38,8 @@ BEGIN {
             dirs[ndirs] = sf[2]
         } else if (sf[1] == "S" && sf[2] == "max_bytes") {
             maxbytes = sf[3] + 0
+        } else if (sf[1] == "R") {
+            load_rule_row(sf)
         } else {
             load_flag_row(sf)
         }
@@ -59,8 +65,6 @@ BEGIN {
     pend = 0
     blk = 0
     content_seen = 0
-    nn = 0
-    nd = 0
     # Regexes are written as literals where they are used: busybox awk compiles a regex given as a
     # string again at every match (UTF8_RE is only used on lines with a byte over 127).
     UTF8_RE = "^([\001-\177]|[\302-\337][\200-\277]|\340[\240-\277][\200-\277]|[\341-\354\356\357][\200-\277][\200-\277]|\355[\200-\237][\200-\277]|\360[\220-\277][\200-\277][\200-\277]|[\361-\363][\200-\277][\200-\277][\200-\277]|\364[\200-\217][\200-\277][\200-\277])*$"
@@ -500,7 +504,7 @@ function add_skip(i) {
     skipped[i] = 1
 }
 
-function validate(    i, path, norm, type, k, key, pat, name, msg, kind, p, dhcp, sub_i, subs, o, line, has_id, has_key, present, missing) {
+function validate(    i, path, norm, type, k, key, pat, name, msg, kind) {
     for (i = 1; i <= nn; i++) {
         path = n_path[i]
         if (under(i)) {
@@ -561,47 +565,88 @@ function validate(    i, path, norm, type, k, key, pat, name, msg, kind, p, dhcp
         msg = check_value(kind, type, n_val[i])
         if (msg != "") diag("ERROR", n_line[i], path, msg)
     }
-    # Rules that involve several keys.
+    # Rules that involve several keys: data of the schema (R rows).
+    check_rules()
+    check_flag_repeats()
+}
+
+# ---------------------------------------------------------------------------------------------
+# The schema's cross-key rules (files/cloud-init-schema.yml `rules:`, rendered as R rows), the same as
+# check_rules of the Python side: on each mapping whose key (indexes as []) is the rule's mapping.
+# ---------------------------------------------------------------------------------------------
+function load_rule_row(sf,    n, i) {
+    if (sf[3] !~ /^(exclusive|at_most_one_without|required|required_unless|forbidden_if|together)$/) {
+        perr(0, "", "unknown rule " sf[3] " in the schema " schema)
+        return
+    }
+    nrules++
+    r_map[nrules] = sf[2]
+    r_rule[nrules] = sf[3]
+    n = split(sf[4], r_tmp, " ")
+    r_nkeys[nrules] = n
+    for (i = 1; i <= n; i++) {
+        r_key[nrules, i] = r_tmp[i]
+        # The K rows come first in the schema file.
+        r_list[nrules, i] = ((sf[2] "." r_tmp[i]) in sk_type) && sk_type[sf[2] "." r_tmp[i]] == "list"
+    }
+    r_ifkey[nrules] = sf[5]
+    r_ifval[nrules] = sf[6]
+    r_msg[nrules] = sf[7]
+}
+
+# rule_given(r, k, p): 1 when key k of rule r is given in mapping p (a list: with at least one item).
+function rule_given(r, k, p,    path) {
+    path = p "." r_key[r, k]
+    if (r_list[r, k]) path = path "[0]"
+    return (path in bypath)
+}
+
+function check_rules(    i, p, norm, r, k, ngiven, first, sw, switched, path, line) {
     for (i = 1; i <= nn; i++) {
         if (n_kind[i] != "M" || hidden[i]) continue
         p = n_path[i]
         norm = p
         gsub(/\[[0-9]+\]/, "[]", norm)
-        if (norm == "network.interfaces[]") {
-            if (((p ".name") in bypath) && ((p ".mac") in bypath)) diag("ERROR", n_line[i], p, "give name or mac, not both")
-            else if (!((p ".name") in bypath) && !((p ".mac") in bypath)) {
-                # Neither: the primary interface stage 50 picks; only one entry can mean it.
-                if (primary_seen) diag("ERROR", n_line[i], p, "only one interface may leave out both name and mac (the primary one)")
-                primary_seen = 1
-            }
-            dhcp = ((p ".dhcp") in bypath) ? bypath[p ".dhcp"] : 0
-            if (dhcp && n_val[dhcp] == "true" && n_kind[dhcp] == "P") {
-                subs[1] = "addresses"
-                subs[2] = "gateway"
-                for (sub_i = 1; sub_i <= 2; sub_i++) {
-                    if ((p "." subs[sub_i]) in bypath) {
-                        o = bypath[p "." subs[sub_i]]
-                        diag("ERROR", n_line[o], n_path[o], "not allowed with dhcp: true")
-                    }
+        for (r = 1; r <= nrules; r++) {
+            if (r_map[r] != norm) continue
+            ngiven = 0
+            first = 0
+            for (k = 1; k <= r_nkeys[r]; k++) {
+                if (rule_given(r, k, p)) {
+                    ngiven++
+                    if (!first) first = k
                 }
-            } else if (!((p ".addresses[0]") in bypath)) {
-                line = ((p ".addresses") in bypath) ? n_line[bypath[p ".addresses"]] : n_line[i]
-                diag("ERROR", line, p ".addresses", "required unless dhcp: true")
             }
-        } else if (norm == "write_files[]") {
-            if (!((p ".path") in bypath)) diag("ERROR", n_line[i], p ".path", "required")
-            if (!((p ".content") in bypath)) diag("ERROR", n_line[i], p ".content", "required")
-        } else if (norm == "kubesolo") {
-            has_id = (p ".portainer_edge_id") in bypath
-            has_key = (p ".portainer_edge_key") in bypath
-            if (has_id != has_key) {
-                present = bypath[p (has_id ? ".portainer_edge_id" : ".portainer_edge_key")]
-                missing = p (has_id ? ".portainer_edge_key" : ".portainer_edge_id")
-                diag("ERROR", n_line[present], missing, "portainer_edge_id and portainer_edge_key must be given together")
+            sw = (r_ifkey[r] != "" && ((p "." r_ifkey[r]) in bypath)) ? bypath[p "." r_ifkey[r]] : 0
+            switched = (sw && n_kind[sw] == "P" && n_val[sw] == r_ifval[r])
+            if (r_rule[r] == "exclusive") {
+                if (ngiven > 1) diag("ERROR", n_line[i], p, r_msg[r])
+            } else if (r_rule[r] == "at_most_one_without") {
+                if (ngiven == 0) {
+                    if (without_seen[r]) diag("ERROR", n_line[i], p, r_msg[r])
+                    without_seen[r] = 1
+                }
+            } else if (r_rule[r] == "required" || (r_rule[r] == "required_unless" && !switched)) {
+                for (k = 1; k <= r_nkeys[r]; k++) {
+                    if (rule_given(r, k, p)) continue
+                    path = p "." r_key[r, k]
+                    line = (path in bypath) ? n_line[bypath[path]] : n_line[i]
+                    diag("ERROR", line, path, r_msg[r])
+                }
+            } else if (r_rule[r] == "forbidden_if") {
+                if (!switched) continue
+                for (k = 1; k <= r_nkeys[r]; k++) {
+                    path = p "." r_key[r, k]
+                    if (path in bypath) diag("ERROR", n_line[bypath[path]], path, r_msg[r])
+                }
+            } else if (r_rule[r] == "together" && ngiven > 0 && ngiven < r_nkeys[r]) {
+                line = n_line[bypath[p "." r_key[r, first]]]
+                for (k = 1; k <= r_nkeys[r]; k++) {
+                    if (!rule_given(r, k, p)) diag("ERROR", line, p "." r_key[r, k], r_msg[r])
+                }
             }
         }
     }
-    check_flag_repeats()
 }
 
 # ---------------------------------------------------------------------------------------------

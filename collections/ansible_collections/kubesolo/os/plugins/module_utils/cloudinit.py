@@ -425,7 +425,72 @@ def load_schema(data: dict[str, Any], flags: dict[str, Any], persistent_dirs: li
         keys[entry["key"]] = entry
     return {"keys": keys, "persistent_dirs": dirs, "max_bytes": int(data["max_bytes"]),
             "mandatory_no_proxy": list(data.get("mandatory_no_proxy", [])),
+            "rules": load_rules(data.get("rules", []), keys),
             "kubesolo_flags": load_flags(flags)}
+
+
+# The cross-key rules of the schema (its `rules:`; cloud-init.awk applies the same ones, rendered as R rows).
+RULES = ("exclusive", "at_most_one_without", "required", "required_unless", "forbidden_if", "together")
+
+
+def load_rules(data: list[dict[str, Any]], keys: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checks the schema's cross-key rules: a known rule on a mapping key of the schema, naming its keys."""
+    rules: list[dict[str, Any]] = []
+    for entry in data:
+        mapping, rule, names = entry.get("mapping"), entry.get("rule"), entry.get("keys")
+        where = f"schema rule {rule!r} on {mapping!r}"
+        if rule not in RULES:
+            raise ValueError(f"{where}: unknown rule (known: {', '.join(RULES)})")
+        if keys.get(mapping, {}).get("type") != "map":
+            raise ValueError(f"{where}: not a mapping key of the schema")
+        if not names or any(f"{mapping}.{name}" not in keys for name in names) or not entry.get("message"):
+            raise ValueError(f"{where}: needs keys of that mapping and a message")
+        if (rule in ("required_unless", "forbidden_if")) != ("if_key" in entry):
+            raise ValueError(f"{where}: if_key and if_value belong to required_unless and forbidden_if only")
+        rules.append({"mapping": mapping, "rule": rule, "keys": [str(n) for n in names],
+                      "if_key": str(entry.get("if_key", "")), "if_value": str(entry.get("if_value", "")),
+                      "message": str(entry["message"]),
+                      "lists": [keys[f"{mapping}.{n}"]["type"] == "list" for n in names]})
+    return rules
+
+
+def check_rules(nodes: list[Node], rules: list[dict[str, Any]], hidden: set[str]) -> list[Diagnostic]:
+    """The schema's cross-key rules, on every mapping node not below a skipped one (see files/cloud-init-schema.yml)."""
+    out: list[Diagnostic] = []
+    by_path = {n.path: n for n in nodes}
+    without_seen: set[int] = set()
+    for node in nodes:
+        if node.kind != "M" or node.path in hidden:
+            continue
+        norm = INDEX_RE.sub("[]", node.path)
+        p = node.path
+        for index, rule in enumerate(rules):
+            if rule["mapping"] != norm:
+                continue
+            paths = [f"{p}.{name}" for name in rule["keys"]]
+            # (path, given): a key of type list is given only with at least one item.
+            keyed = [(path, (path + "[0]" if rule["lists"][i] else path) in by_path) for i, path in enumerate(paths)]
+            given = [ok for _path, ok in keyed]
+            kind, message = rule["rule"], rule["message"]
+            switch = by_path.get(f"{p}.{rule['if_key']}")
+            switched = switch is not None and switch.kind == "P" and switch.value == rule["if_value"]
+            if kind == "exclusive" and sum(given) > 1:
+                out.append(Diagnostic("ERROR", node.line, p, message))
+            elif kind == "at_most_one_without" and not any(given):
+                if index in without_seen:
+                    out.append(Diagnostic("ERROR", node.line, p, message))
+                without_seen.add(index)
+            elif kind == "required" or (kind == "required_unless" and not switched):
+                for path, ok in keyed:
+                    if not ok:
+                        line = by_path[path].line if path in by_path else node.line
+                        out.append(Diagnostic("ERROR", line, path, message))
+            elif kind == "forbidden_if" and switched:
+                out += [Diagnostic("ERROR", by_path[path].line, path, message) for path in paths if path in by_path]
+            elif kind == "together" and any(given) and not all(given):
+                line = by_path[paths[given.index(True)]].line
+                out += [Diagnostic("ERROR", line, path, message) for path, ok in keyed if not ok]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +572,6 @@ def validate(nodes: list[Node], schema: dict[str, Any]) -> list[Diagnostic]:
     # A node below a skipped node (unknown key, wrong kind) is skipped too: its parent says so.
     skipped: set[str] = set()
     hidden: set[str] = set()
-    by_path = {n.path: n for n in nodes}
     map_any = [k for k, c in keys.items() if c["type"] == "map_any" and k + ".*" in keys]
     for node in nodes:
         if node.parent and (node.parent in skipped or node.parent in hidden):
@@ -551,43 +615,8 @@ def validate(nodes: list[Node], schema: dict[str, Any]) -> list[Diagnostic]:
         message = check_value(node.kind, type_name, node.value, schema)
         if message:
             out.append(Diagnostic("ERROR", node.line, node.path, message))
-    # Rules that involve several keys.
-    primary_seen = False
-    for node in nodes:
-        if node.kind != "M" or node.path in hidden:
-            continue
-        norm = INDEX_RE.sub("[]", node.path)
-        p = node.path
-        if norm == "network.interfaces[]":
-            if p + ".name" in by_path and p + ".mac" in by_path:
-                out.append(Diagnostic("ERROR", node.line, p, "give name or mac, not both"))
-            elif p + ".name" not in by_path and p + ".mac" not in by_path:
-                # Neither: the primary interface stage 50 picks; only one entry can mean it.
-                if primary_seen:
-                    out.append(Diagnostic("ERROR", node.line, p,
-                                          "only one interface may leave out both name and mac (the primary one)"))
-                primary_seen = True
-            dhcp = by_path.get(p + ".dhcp")
-            if dhcp is not None and dhcp.value == "true" and dhcp.kind == "P":
-                for sub in ("addresses", "gateway"):
-                    if p + "." + sub in by_path:
-                        other = by_path[p + "." + sub]
-                        out.append(Diagnostic("ERROR", other.line, other.path, "not allowed with dhcp: true"))
-            elif p + ".addresses[0]" not in by_path:
-                line = by_path[p + ".addresses"].line if p + ".addresses" in by_path else node.line
-                out.append(Diagnostic("ERROR", line, p + ".addresses", "required unless dhcp: true"))
-        elif norm == "write_files[]":
-            for sub in ("path", "content"):
-                if p + "." + sub not in by_path:
-                    out.append(Diagnostic("ERROR", node.line, p + "." + sub, "required"))
-        elif norm == "kubesolo":
-            has_id = p + ".portainer_edge_id" in by_path
-            has_key = p + ".portainer_edge_key" in by_path
-            if has_id != has_key:
-                present = by_path[p + (".portainer_edge_id" if has_id else ".portainer_edge_key")]
-                missing = p + (".portainer_edge_key" if has_id else ".portainer_edge_id")
-                out.append(Diagnostic("ERROR", present.line, missing,
-                                      "portainer_edge_id and portainer_edge_key must be given together"))
+    # Rules that involve several keys: data of the schema (its `rules:`).
+    out += check_rules(nodes, schema["rules"], hidden)
     out += check_flag_repeats(nodes, schema["kubesolo_flags"], skipped | hidden)
     out.sort(key=lambda d: d.line)
     return out

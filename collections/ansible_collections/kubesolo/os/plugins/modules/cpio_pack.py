@@ -246,8 +246,6 @@ recompressed:
 """
 
 import contextlib
-import hashlib
-import json
 import os
 import stat
 import tempfile
@@ -255,6 +253,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kubesolo.os.plugins.module_utils.buildutil import (
+    parse_mode,
+    read_state,
+    run_checked,
+    sha256_file,
+    write_state,
+)
 
 MAGIC = b"070701"
 HEADER_SIZE = 110
@@ -340,24 +345,6 @@ def normalize_name(name: str | bytes) -> bytes:
     if not parts:
         raise CpioError(f"archive name {_show(raw)!r} is empty or the root directory")
     return b"/".join(parts)
-
-
-def parse_mode(value: Any, what: str) -> int:
-    """Octal string (``'0644'``) or an already converted integer."""
-    if isinstance(value, bool):
-        raise CpioError(f"{what}: mode must be an octal string such as '0644', got {value!r}")
-    if isinstance(value, int):
-        mode = value
-    else:
-        text = str(value).strip()
-        text = text[2:] if text.lower().startswith("0o") else text
-        try:
-            mode = int(text, 8)
-        except ValueError:
-            raise CpioError(f"{what}: mode must be an octal string such as '0644', got {value!r}") from None
-    if not 0 <= mode <= 0o7777:
-        raise CpioError(f"{what}: mode {value!r} is outside 0000-7777")
-    return mode
 
 
 def check_u32(value: int, what: str) -> int:
@@ -458,7 +445,7 @@ def entry_from_spec(spec: Mapping[str, Any], clamp: int | None) -> Entry:
     uid = check_u32(int(spec.get("owner") or 0), f"entry {shown}: owner")
     gid = check_u32(int(spec.get("group") or 0), f"entry {shown}: group")
     mode_value = spec.get("mode")
-    mode = None if mode_value is None else parse_mode(mode_value, f"entry {shown}")
+    mode = None if mode_value is None else parse_mode(mode_value, f"entry {shown}", CpioError)
     fixed_mtime = 0 if clamp is None else clamp
     src, content, target = spec.get("src"), spec.get("content"), spec.get("target")
     if kind != "file" and (src is not None or content is not None):
@@ -668,14 +655,6 @@ def compress_command(compression: str, level: int | None, src: str) -> tuple[lis
     return argv, out
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(COPY_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def pack(
     entries: list[Entry],
     workdir: str,
@@ -735,14 +714,6 @@ def mtime_from_env(environ: Mapping[str, str]) -> int | None:
         raise CpioError(f"SOURCE_DATE_EPOCH {value!r} is not an integer") from None
 
 
-def run_tool(module: AnsibleModule, argv: list[str]) -> None:
-    """Run an external tool (its path resolved on the managed host); raise CpioError when it fails."""
-    argv = [module.get_bin_path(argv[0], required=True), *argv[1:]]
-    rc, out, err = module.run_command(argv)
-    if rc != 0:
-        raise CpioError(f"{' '.join(argv)} failed with exit code {rc}: {(err or out).strip()}")
-
-
 STAMP_KEYS = ("sha256", "size", "uncompressed_size", "uncompressed_sha256", "entries")
 
 
@@ -753,124 +724,140 @@ def stamp_path(dest: str) -> str:
 
 def read_stamp(dest: str, compression: str, level: int | None, raw_sha256: str) -> dict[str, Any] | None:
     """The recorded figures of dest when it is the same archive compressed the same way (and still intact)."""
+    stamp = read_state(stamp_path(dest))
     try:
-        with open(stamp_path(dest)) as handle:
-            stamp = json.load(handle)
-        if (not isinstance(stamp, dict) or stamp.get("uncompressed_sha256") != raw_sha256
+        if (stamp is None or stamp.get("uncompressed_sha256") != raw_sha256
                 or stamp.get("compression") != compression or stamp.get("level") != level
                 or os.path.getsize(dest) != stamp.get("size") or sha256_file(dest) != stamp.get("sha256")):
             return None
         return {key: stamp[key] for key in STAMP_KEYS}
-    except (OSError, ValueError, KeyError):
+    except (OSError, KeyError):
         return None
 
 
 def write_stamp(dest: str, compression: str, level: int | None, info: Mapping[str, Any]) -> None:
     stamp = {"compression": compression, "level": level, **{key: info[key] for key in STAMP_KEYS}}
-    tmp = stamp_path(dest) + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(stamp, handle, sort_keys=True)
-    os.replace(tmp, stamp_path(dest))
+    write_state(stamp_path(dest), stamp)
 
 
 def _summary(info: Mapping[str, Any]) -> str:
     return "".join(f"{key}: {info[key]}\n" for key in ("entries", "sha256", "size") if key in info)
 
 
-def run_module() -> None:
-    entry_spec = {
-        "name": {"type": "str", "required": True},
-        "type": {"type": "str", "default": "file", "choices": ["file", "dir", "symlink", "char", "block"]},
-        "mode": {"type": "raw"},
-        "owner": {"type": "int", "default": 0},
-        "group": {"type": "int", "default": 0},
-        "src": {"type": "path"},
-        "content": {"type": "str"},
-        "target": {"type": "str"},
-        "major": {"type": "int"},
-        "minor": {"type": "int"},
-    }
-    module = AnsibleModule(
-        argument_spec={
-            "src": {"type": "path"},
-            "entries": {
-                "type": "list",
-                "elements": "dict",
-                "options": entry_spec,
-                "mutually_exclusive": [["src", "content"]],
-                "required_if": [
-                    ["type", "symlink", ["target"]],
-                    ["type", "char", ["major", "minor"]],
-                    ["type", "block", ["major", "minor"]],
-                ],
-            },
-            "dest": {"type": "path", "required": True},
-            "mode": {"type": "raw", "default": "0644"},
-            "mtime": {"type": "int"},
-            "mtime_policy": {"type": "str", "default": "clamp", "choices": ["clamp", "fixed"]},
-            "compression": {"type": "str", "default": "zstd", "choices": ["zstd", "gzip", "xz", "lz4", "none"]},
-            "compression_level": {"type": "int"},
-            "special_files": {"type": "str", "default": "fail", "choices": ["fail", "skip"]},
-        },
-        required_one_of=[["src", "entries"]],
-        supports_check_mode=True,
-    )
+ENTRY_SPEC = {
+    "name": {"type": "str", "required": True},
+    "type": {"type": "str", "default": "file", "choices": ["file", "dir", "symlink", "char", "block"]},
+    "mode": {"type": "raw"},
+    "owner": {"type": "int", "default": 0},
+    "group": {"type": "int", "default": 0},
+    "src": {"type": "path"},
+    "content": {"type": "str"},
+    "target": {"type": "str"},
+    "major": {"type": "int"},
+    "minor": {"type": "int"},
+}
+ARGUMENT_SPEC = {
+    "src": {"type": "path"},
+    "entries": {
+        "type": "list",
+        "elements": "dict",
+        "options": ENTRY_SPEC,
+        "mutually_exclusive": [["src", "content"]],
+        "required_if": [
+            ["type", "symlink", ["target"]],
+            ["type", "char", ["major", "minor"]],
+            ["type", "block", ["major", "minor"]],
+        ],
+    },
+    "dest": {"type": "path", "required": True},
+    "mode": {"type": "raw", "default": "0644"},
+    "mtime": {"type": "int"},
+    "mtime_policy": {"type": "str", "default": "clamp", "choices": ["clamp", "fixed"]},
+    "compression": {"type": "str", "default": "zstd", "choices": ["zstd", "gzip", "xz", "lz4", "none"]},
+    "compression_level": {"type": "int"},
+    "special_files": {"type": "str", "default": "fail", "choices": ["fail", "skip"]},
+}
+
+
+def resolve(module: AnsibleModule) -> dict[str, Any]:
+    """Step 1: the checked inputs: file mode, mtime clamp, compression, and the archive's entries."""
     params = module.params
     dest: str = params["dest"]
     compression: str = params["compression"]
-    result: dict[str, Any] = {"changed": False, "dest": dest, "compression": compression}
+    file_mode = parse_mode(params["mode"], "mode", CpioError)
+    clamp = params["mtime"] if params["mtime"] is not None else mtime_from_env(os.environ)
+    if compression != "none":
+        compress_command(compression, params["compression_level"], "x")  # validate the level early
+    if os.path.isdir(dest):
+        raise CpioError(f"dest {dest} is a directory")
+    dest_dir = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(dest_dir) and not module.check_mode:
+        raise CpioError(f"directory {dest_dir} of dest does not exist")
+    entries = build_entries(params["src"], params["entries"] or [], clamp, params["special_files"], module.warn)
+    if params["mtime_policy"] == "fixed" and clamp is not None:
+        for entry in entries:
+            entry.mtime = clamp
+    return {"dest": dest, "dest_dir": dest_dir, "compression": compression, "level": params["compression_level"],
+            "file_mode": file_mode, "entries": entries}
+
+
+def plan(module: AnsibleModule, inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Step 2: the archive packed into a new file next to dest (or the figures of dest, when it already holds
+    the same archive compressed the same way), and what dest holds now."""
+    dest, compression, level = inputs["dest"], inputs["compression"], inputs["level"]
+    work = pack(
+        inputs["entries"],
+        module.tmpdir if module.check_mode else inputs["dest_dir"],
+        compression,
+        level,
+        lambda argv: run_checked(module, argv, what=f"compressing {dest}", resolve=True),
+        prefix=f".{os.path.basename(dest)}.",
+        reuse=lambda raw_sha256: read_stamp(dest, compression, level, raw_sha256),
+    )
+    before: dict[str, Any] = {}
+    if os.path.isfile(dest):
+        before = {"sha256": work["sha256"] if work["path"] is None else sha256_file(dest),
+                  "size": os.path.getsize(dest)}
+    return work, before
+
+
+def apply(module: AnsibleModule, inputs: dict[str, Any], work: dict[str, Any], before: dict[str, Any]) -> bool:
+    """Step 3: dest replaced by the new archive (fsync'ed, given its mode, then renamed) unless it holds the
+    same bytes, and the stamp recorded; in check mode only the answer. Returns whether anything changed."""
+    dest, compression, level, file_mode = inputs["dest"], inputs["compression"], inputs["level"], inputs["file_mode"]
+    if before.get("sha256") == work["sha256"]:
+        if work["path"] is not None:
+            os.unlink(work["path"])
+            if compression != "none" and not module.check_mode:
+                write_stamp(dest, compression, level, work)
+        if stat.S_IMODE(os.stat(dest).st_mode) == file_mode:
+            return False
+        if not module.check_mode:
+            os.chmod(dest, file_mode)
+        return True
+    if module.check_mode:
+        os.unlink(work["path"])
+        return True
+    os.chmod(work["path"], file_mode)
+    with open(work["path"], "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(work["path"], dest)
+    if compression != "none":
+        write_stamp(dest, compression, level, work)
+    return True
+
+
+def run_module() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_one_of=[["src", "entries"]], supports_check_mode=True)
+    dest: str = module.params["dest"]
+    result: dict[str, Any] = {"changed": False, "dest": dest, "compression": module.params["compression"]}
     work: dict[str, Any] | None = None
     try:
-        file_mode = parse_mode(params["mode"], "mode")
-        clamp = params["mtime"] if params["mtime"] is not None else mtime_from_env(os.environ)
-        if compression != "none":
-            compress_command(compression, params["compression_level"], "x")  # validate the level early
-        if os.path.isdir(dest):
-            raise CpioError(f"dest {dest} is a directory")
-        dest_dir = os.path.dirname(os.path.abspath(dest))
-        if not os.path.isdir(dest_dir) and not module.check_mode:
-            raise CpioError(f"directory {dest_dir} of dest does not exist")
-        entries = build_entries(params["src"], params["entries"] or [], clamp, params["special_files"], module.warn)
-        if params["mtime_policy"] == "fixed" and clamp is not None:
-            for entry in entries:
-                entry.mtime = clamp
-        workdir = module.tmpdir if module.check_mode else dest_dir
-        level = params["compression_level"]
-        work = pack(
-            entries,
-            workdir,
-            compression,
-            level,
-            lambda argv: run_tool(module, argv),
-            prefix=f".{os.path.basename(dest)}.",
-            reuse=lambda raw_sha256: read_stamp(dest, compression, level, raw_sha256),
-        )
-        before: dict[str, Any] = {}
-        if os.path.isfile(dest):
-            before = {"sha256": work["sha256"] if work["path"] is None else sha256_file(dest),
-                      "size": os.path.getsize(dest)}
+        inputs = resolve(module)
+        work, before = plan(module, inputs)
         result.update({key: work[key] for key in ("sha256", "size", "uncompressed_size", "entries")})
         result["recompressed"] = work["path"] is not None
-        if before.get("sha256") == work["sha256"]:
-            if work["path"] is not None:
-                os.unlink(work["path"])
-                if compression != "none" and not module.check_mode:
-                    write_stamp(dest, compression, level, work)
-            if stat.S_IMODE(os.stat(dest).st_mode) != file_mode:
-                result["changed"] = True
-                if not module.check_mode:
-                    os.chmod(dest, file_mode)
-        else:
-            result["changed"] = True
-            if module.check_mode:
-                os.unlink(work["path"])
-            else:
-                os.chmod(work["path"], file_mode)
-                with open(work["path"], "rb") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(work["path"], dest)
-                if compression != "none":
-                    write_stamp(dest, compression, level, work)
+        result["changed"] = apply(module, inputs, work, before)
         work = None
         if module._diff:
             result["diff"] = {

@@ -181,8 +181,18 @@ import os
 import re
 import shutil
 import tempfile
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kubesolo.os.plugins.module_utils.buildutil import (
+    C_ENV,
+    command_failure,
+    read_state,
+    run_checked,
+    sha256_file,
+    write_atomic,
+    write_state,
+)
 
 APT_DEPENDS_FLAGS = [
     "--recurse",
@@ -199,7 +209,6 @@ MARKER_SUFFIX = ".extracted"
 APT_STATE_PATHS = ("/var/lib/apt/lists", "/etc/apt")
 QUERY_CACHE_NAME = ".apt-query-cache.json"
 VERIFIED_CACHE_NAME = ".verified.json"
-C_ENV = {"LC_ALL": "C", "LANG": "C"}
 
 
 def apt_state(paths: tuple[str, ...] = APT_STATE_PATHS) -> str:
@@ -219,26 +228,17 @@ def apt_state(paths: tuple[str, ...] = APT_STATE_PATHS) -> str:
 
 
 class JsonCache:
-    """A small JSON file in the cache directory; written only when it changed (and never in check mode)."""
+    """A small JSON state file in the cache directory; written only when it changed (and never in check mode)."""
 
     def __init__(self, path: str, writable: bool) -> None:
         self.path = path
         self.writable = writable
         self.dirty = False
-        try:
-            with open(path) as handle:
-                loaded = json.load(handle)
-            self.data: dict = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            self.data = {}
+        self.data: dict = read_state(path) or {}
 
     def save(self) -> None:
-        if not (self.dirty and self.writable and os.path.isdir(os.path.dirname(self.path))):
-            return
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump(self.data, handle, sort_keys=True)
-        os.replace(tmp, self.path)
+        if self.dirty and self.writable and os.path.isdir(os.path.dirname(self.path)):
+            write_state(self.path, self.data)
 
 
 class AptQueries:
@@ -283,20 +283,6 @@ class VerifiedDebs:
         self.cache.data[name] = [self._identity(st), digest]
         self.cache.dirty = True
         return digest
-
-
-def run(module: AnsibleModule, argv: list[str], cwd: str | None = None) -> str:
-    """Run an external command through module.run_command; fail the module if it does not exit 0."""
-    rc, out, err = module.run_command(argv, cwd=cwd, environ_update={"LC_ALL": "C", "LANG": "C"})
-    if rc != 0:
-        module.fail_json(
-            msg=f"command failed (rc={rc}): {' '.join(argv)}: {(err or out).strip()}",
-            cmd=argv,
-            rc=rc,
-            stdout=out,
-            stderr=err,
-        )
-    return out
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -440,22 +426,15 @@ def dependency_closure(
     return taken, unsatisfied
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve(module: AnsibleModule, apt: AptQueries, wanted: dict[str, str | None],
             architecture: str) -> dict[str, dict[str, str]]:
     """Resolve {name: version or None} to apt-cache show records (candidate, or the pinned version)."""
     specs = [qualified(name, version, architecture) for name, version in sorted(wanted.items())]
-    rc, out, err = apt.run(["apt-cache", "show", "--no-all-versions", *specs])
+    argv = ["apt-cache", "show", "--no-all-versions", *specs]
+    rc, out, err = apt.run(argv)
     # rc is 100 only when none of the packages was found; missing ones are detected below either way.
     if rc not in (0, 100):
-        module.fail_json(msg=f"apt-cache show failed (rc={rc}): {(err or out).strip()}", rc=rc, stderr=err)
+        module.fail_json(msg=command_failure(argv, rc, out, err, "resolving Debian packages"), rc=rc, stderr=err)
     found: dict[str, dict[str, str]] = {}
     for record in parse_control_records(out if rc == 0 else ""):
         name = record.get("Package")
@@ -530,7 +509,7 @@ def extract(module: AnsibleModule, deb: str, root: str, marker: str, sha256: str
     tmp = tempfile.mkdtemp(prefix="." + base + ".tmp-", dir=parent)
     try:
         os.chmod(tmp, 0o755)
-        run(module, ["dpkg-deb", "-x", deb, tmp])
+        run_checked(module, ["dpkg-deb", "-x", deb, tmp], what=f"extracting {deb}")
         if os.path.isdir(root) and not os.path.islink(root):
             shutil.rmtree(root)
         elif os.path.lexists(root):
@@ -539,10 +518,7 @@ def extract(module: AnsibleModule, deb: str, root: str, marker: str, sha256: str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tmp_marker = marker + ".tmp"
-    with open(tmp_marker, "w") as handle:
-        handle.write(sha256 + "\n")
-    os.replace(tmp_marker, marker)
+    write_atomic(marker, (sha256 + "\n").encode(), 0o644, prefix=os.path.basename(marker) + ".")
 
 
 def is_extracted(root: str, marker: str, sha256: str) -> bool:
@@ -550,6 +526,98 @@ def is_extracted(root: str, marker: str, sha256: str) -> bool:
         return False
     with open(marker) as handle:
         return handle.read().strip() == sha256
+
+
+def wanted_packages(module: AnsibleModule, apt: AptQueries, params: dict[str, Any],
+                    architecture: str) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Step 1 (resolve): {name: pinned version or None} of every package to take (the names, metapackages
+    replaced, and with recursive their dependency closure), and the metapackages replaced."""
+    names, metapackages = replace_metapackages(module, apt, params["names"], params["metapackage_depends"],
+                                               architecture)
+    explicit: dict[str, str | None] = {}
+    for spec in names:
+        name, version = split_spec(spec)
+        if not name:
+            module.fail_json(msg=f"empty package name in names: {spec!r}")
+        previous = explicit.get(name)
+        if previous is not None and version is not None and previous != version:
+            module.fail_json(msg=f"package {name} is named with two versions: {previous} and {version}")
+        explicit[name] = version if version is not None else previous
+
+    wanted: dict[str, str | None] = dict(explicit)
+    if params["recursive"]:
+        roots = [qualified(name, version, architecture) for name, version in sorted(explicit.items())]
+        # Make sure every root resolves first, so an unknown name gives the clear message.
+        resolve(module, apt, explicit, architecture)
+        argv = ["apt-cache", "depends", *APT_DEPENDS_FLAGS, *roots]
+        rc, out, err = apt.run(argv)
+        if rc != 0:
+            module.fail_json(msg=command_failure(argv, rc, out, err, "resolving the dependencies"), rc=rc,
+                             stderr=err)
+        graph = parse_depends(out)
+        closure, unsatisfied = dependency_closure(graph, sorted(explicit), set(params["exclude"]))
+        for problem in unsatisfied:
+            module.warn(f"no package satisfies the dependency {problem}")
+        for name in closure:
+            wanted.setdefault(name, None)
+    return wanted, metapackages
+
+
+def plan_packages(records: dict[str, dict[str, str]], cache_dir: str, extract_dir: str) -> list[dict[str, Any]]:
+    """Step 2 (plan): per package its version, .deb in the cache, SHA-256 from apt's index and extracted tree."""
+    plan = []
+    for name in sorted(records):
+        record = records[name]
+        version = record["Version"]
+        deb_arch = record["Architecture"]
+        plan.append(
+            {
+                "name": name,
+                "version": version,
+                "architecture": deb_arch,
+                "filename": os.path.join(cache_dir, deb_filename(name, version, deb_arch)),
+                "sha256": record["SHA256"].lower(),
+                "root": os.path.join(extract_dir, f"{name}_{version}"),
+            }
+        )
+    return plan
+
+
+def download(module: AnsibleModule, plan: list[dict[str, Any]], verified: VerifiedDebs, cache_dir: str,
+             architecture: str) -> list[dict[str, Any]]:
+    """Step 3 (apply): fetch the .debs the cache lacks (a cached one is reused only when it matches the index's
+    SHA-256), each checked against the index. Returns the packages fetched (to fetch, in check mode)."""
+    to_download = [pkg for pkg in plan
+                   if not (os.path.isfile(pkg["filename"]) and verified.sha256(pkg["filename"]) == pkg["sha256"])]
+    if to_download and not module.check_mode:
+        for pkg in to_download:
+            if os.path.lexists(pkg["filename"]):
+                os.unlink(pkg["filename"])
+        specs = [qualified(pkg["name"], pkg["version"], architecture) for pkg in to_download]
+        run_checked(module, ["apt-get", "-q", "download", *specs], what="downloading Debian packages", cwd=cache_dir)
+        for pkg in to_download:
+            if not os.path.isfile(pkg["filename"]):
+                module.fail_json(msg=f"apt-get download did not produce {pkg['filename']}")
+            actual = verified.sha256(pkg["filename"])
+            if actual != pkg["sha256"]:
+                module.fail_json(msg=f"{pkg['filename']} has SHA-256 {actual}, apt's index says {pkg['sha256']}")
+    return to_download
+
+
+def extract_all(module: AnsibleModule, plan: list[dict[str, Any]], extract_dir: str) -> list[dict[str, Any]]:
+    """Step 3 (apply): extract every package whose tree's marker does not record this .deb's SHA-256."""
+    to_extract = []
+    for pkg in plan:
+        marker = os.path.join(extract_dir, "." + os.path.basename(pkg["root"]) + MARKER_SUFFIX)
+        if is_extracted(pkg["root"], marker, pkg["sha256"]):
+            continue
+        to_extract.append(pkg)
+        if not module.check_mode:
+            try:
+                extract(module, pkg["filename"], pkg["root"], marker, pkg["sha256"])
+            except OSError as exc:
+                module.fail_json(msg=f"cannot extract {pkg['filename']} into {pkg['root']}: {exc}")
+    return to_extract
 
 
 def main() -> None:
@@ -570,51 +638,8 @@ def main() -> None:
     cache_dir = os.path.abspath(params["cache_dir"])
     extract_dir = os.path.abspath(params["extract_dir"])
     apt = AptQueries(module, cache_dir)
-    names, metapackages = replace_metapackages(module, apt, params["names"], params["metapackage_depends"],
-                                               architecture)
-
-    explicit: dict[str, str | None] = {}
-    for spec in names:
-        name, version = split_spec(spec)
-        if not name:
-            module.fail_json(msg=f"empty package name in names: {spec!r}")
-        previous = explicit.get(name)
-        if previous is not None and version is not None and previous != version:
-            module.fail_json(msg=f"package {name} is named with two versions: {previous} and {version}")
-        explicit[name] = version if version is not None else previous
-
-    wanted: dict[str, str | None] = dict(explicit)
-    if params["recursive"]:
-        roots = [qualified(name, version, architecture) for name, version in sorted(explicit.items())]
-        # Make sure every root resolves first, so an unknown name gives the clear message.
-        resolve(module, apt, explicit, architecture)
-        rc, out, err = apt.run(["apt-cache", "depends", *APT_DEPENDS_FLAGS, *roots])
-        if rc != 0:
-            module.fail_json(msg=f"apt-cache depends failed (rc={rc}): {(err or out).strip()}", rc=rc, stderr=err)
-        graph = parse_depends(out)
-        closure, unsatisfied = dependency_closure(graph, sorted(explicit), set(params["exclude"]))
-        for problem in unsatisfied:
-            module.warn(f"no package satisfies the dependency {problem}")
-        for name in closure:
-            wanted.setdefault(name, None)
-
-    records = resolve(module, apt, wanted, architecture)
-
-    plan = []
-    for name in sorted(records):
-        record = records[name]
-        version = record["Version"]
-        deb_arch = record["Architecture"]
-        plan.append(
-            {
-                "name": name,
-                "version": version,
-                "architecture": deb_arch,
-                "filename": os.path.join(cache_dir, deb_filename(name, version, deb_arch)),
-                "sha256": record["SHA256"].lower(),
-                "root": os.path.join(extract_dir, f"{name}_{version}"),
-            }
-        )
+    wanted, metapackages = wanted_packages(module, apt, params, architecture)
+    plan = plan_packages(resolve(module, apt, wanted, architecture), cache_dir, extract_dir)
 
     if not module.check_mode:
         for directory in (cache_dir, extract_dir):
@@ -622,39 +647,9 @@ def main() -> None:
                 os.makedirs(directory, exist_ok=True)
             except OSError as exc:
                 module.fail_json(msg=f"cannot create {directory}: {exc}")
-
-    # Downloads: reuse a cached .deb only if it matches the index's SHA-256.
     verified = VerifiedDebs(cache_dir, writable=not module.check_mode)
-    to_download = []
-    for pkg in plan:
-        if os.path.isfile(pkg["filename"]) and verified.sha256(pkg["filename"]) == pkg["sha256"]:
-            continue
-        to_download.append(pkg)
-    if to_download and not module.check_mode:
-        for pkg in to_download:
-            if os.path.lexists(pkg["filename"]):
-                os.unlink(pkg["filename"])
-        specs = [qualified(pkg["name"], pkg["version"], architecture) for pkg in to_download]
-        run(module, ["apt-get", "-q", "download", *specs], cwd=cache_dir)
-        for pkg in to_download:
-            if not os.path.isfile(pkg["filename"]):
-                module.fail_json(msg=f"apt-get download did not produce {pkg['filename']}")
-            actual = verified.sha256(pkg["filename"])
-            if actual != pkg["sha256"]:
-                module.fail_json(msg=f"{pkg['filename']} has SHA-256 {actual}, apt's index says {pkg['sha256']}")
-
-    # Extraction: skip trees whose marker records this .deb's SHA-256.
-    to_extract = []
-    for pkg in plan:
-        marker = os.path.join(extract_dir, "." + os.path.basename(pkg["root"]) + MARKER_SUFFIX)
-        if is_extracted(pkg["root"], marker, pkg["sha256"]):
-            continue
-        to_extract.append(pkg)
-        if not module.check_mode:
-            try:
-                extract(module, pkg["filename"], pkg["root"], marker, pkg["sha256"])
-            except OSError as exc:
-                module.fail_json(msg=f"cannot extract {pkg['filename']} into {pkg['root']}: {exc}")
+    to_download = download(module, plan, verified, cache_dir, architecture)
+    to_extract = extract_all(module, plan, extract_dir)
 
     for cache in (apt.cache, verified.cache):
         try:

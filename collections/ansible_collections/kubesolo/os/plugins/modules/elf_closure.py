@@ -189,10 +189,8 @@ state_file:
 import contextlib
 import filecmp
 import glob
-import json
 import os
 import posixpath
-import shutil
 import stat
 import struct
 import tempfile
@@ -200,7 +198,12 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubesolo.os.plugins.module_utils.fsutil import makedirs
+from ansible_collections.kubesolo.os.plugins.module_utils.buildutil import (
+    makedirs,
+    read_state,
+    write_atomic,
+    write_state,
+)
 
 DEFAULT_LIB_DIRS = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib"]
 MAX_SYMLINK_HOPS = 40
@@ -547,16 +550,14 @@ def install(path: str, entry: Entry) -> None:
     makedirs(parent)
     if os.path.isdir(path) and not os.path.islink(path):
         raise ClosureError(f"{path} is a directory in the image; cannot replace it with a {entry.kind}")
+    if entry.kind != "link":
+        write_atomic(path, src=entry.source, mode=entry.mode, mtime_of=entry.source, prefix=".elf_closure.")
+        return
     fd, tmp = tempfile.mkstemp(prefix=".elf_closure.", dir=parent)
     os.close(fd)
     try:
-        if entry.kind == "link":
-            os.unlink(tmp)
-            os.symlink(entry.source, tmp)
-        else:
-            shutil.copyfile(entry.source, tmp)
-            os.chmod(tmp, entry.mode)
-            shutil.copystat(entry.source, tmp)
+        os.unlink(tmp)
+        os.symlink(entry.source, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
@@ -565,13 +566,10 @@ def install(path: str, entry: Entry) -> None:
 
 
 def load_state(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
+    """The paths an earlier run installed (its state file); none when there is no readable one."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return [clean_rel(item) for item in data.get("paths", [])]
-    except (OSError, ValueError, AttributeError, ClosureError):
+        return [clean_rel(item) for item in (read_state(path) or {}).get("paths", [])]
+    except (AttributeError, TypeError, ClosureError):
         return []
 
 
@@ -627,15 +625,7 @@ def run(module: AnsibleModule) -> dict[str, Any]:
                 os.rmdir(os.path.join(dest, parent))
         for rel in [*added, *updated]:
             install(os.path.join(dest, rel), wanted[rel])
-        current = None
-        if os.path.exists(state_file):
-            with open(state_file, encoding="utf-8") as handle:
-                current = handle.read()
-        text = json.dumps(new_state, indent=1, sort_keys=True) + "\n"
-        if current != text:
-            os.makedirs(os.path.dirname(state_file) or ".", exist_ok=True)
-            with open(state_file, "w", encoding="utf-8") as handle:
-                handle.write(text)
+        write_state(state_file, new_state, indent=1, mkdir=True)
 
     def image(rels: list[str]) -> list[str]:
         return ["/" + rel for rel in rels]

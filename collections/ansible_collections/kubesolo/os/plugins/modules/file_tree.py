@@ -174,15 +174,14 @@ entries:
   sample: 42
 """
 
-import contextlib
 import filecmp
 import os
 import shutil
 import stat
-import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kubesolo.os.plugins.module_utils.buildutil import parse_mode, write_atomic
 
 DIFF_LIMIT = 256 * 1024
 
@@ -218,19 +217,6 @@ def relpath(path: str) -> str:
     if ".." in parts:
         raise TreeError(f"path {path!r} contains '..': every path must stay below root")
     return "/" + "/".join(parts)
-
-
-def parse_mode(value: Any, what: str) -> int:
-    if isinstance(value, int):
-        mode = value
-    else:
-        try:
-            mode = int(str(value), 8)
-        except ValueError as exc:
-            raise TreeError(f"{what}: mode {value!r} is not an octal number (quote it in YAML, e.g. '0644')") from exc
-    if not 0 <= mode <= 0o7777:
-        raise TreeError(f"{what}: mode {value!r} is out of range")
-    return mode
 
 
 def read_text(path: str) -> str | None:
@@ -336,22 +322,7 @@ class Tree:
         self.note("created" if st is None else "updated", rel, before, after)
         if self.check_mode:
             return
-        fd, tmp = tempfile.mkstemp(prefix=".file_tree.", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if content is not None:
-                    out.write(content)
-                else:
-                    with open(src, "rb") as source:  # type: ignore[arg-type]
-                        shutil.copyfileobj(source, out, 1024 * 1024)
-            os.chmod(tmp, mode)
-            if st is not None and not stat.S_ISREG(st.st_mode):
-                os.unlink(path)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, content, mode, src=src, prefix=".file_tree.")
 
     @staticmethod
     def _bytes(path: str) -> bytes:
@@ -385,7 +356,8 @@ def apply(params: dict[str, Any], check_mode: bool, want_diff: bool) -> dict[str
         declared.add(rel)
         return rel
 
-    directories = [(declare(relpath(d["path"]), "directories"), parse_mode(d["mode"], f"directory {d['path']}"))
+    directories = [(declare(relpath(d["path"]), "directories"),
+                    parse_mode(d["mode"], f"directory {d['path']}", TreeError))
                    for d in params["directories"]]
     symlinks = [(declare(relpath(s["path"]), "symlinks"), s["target"]) for s in params["symlinks"]]
     files: list[tuple[str, int, bytes | None, str | None]] = []
@@ -397,7 +369,7 @@ def apply(params: dict[str, Any], check_mode: bool, want_diff: bool) -> dict[str
         if len(given) != 1:
             raise TreeError(f"file {f['path']}: give exactly one of content, src and template (got {given or 'none'})")
         content = f["content"].encode("utf-8") if f.get("content") is not None else None
-        files.append((declare(relpath(f["path"]), "files"), parse_mode(f["mode"], f"file {f['path']}"),
+        files.append((declare(relpath(f["path"]), "files"), parse_mode(f["mode"], f"file {f['path']}", TreeError),
                       content, f.get("src")))
     exclusive = [relpath(p) for p in params["exclusive"]]
     absent = [relpath(p) for p in params["absent"]]

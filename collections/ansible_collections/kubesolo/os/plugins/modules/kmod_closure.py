@@ -189,15 +189,20 @@ depmod_changed:
 
 import fnmatch
 import gzip
-import hashlib
 import lzma
 import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.kubesolo.os.plugins.module_utils.fsutil import makedirs
+from ansible_collections.kubesolo.os.plugins.module_utils.buildutil import (
+    makedirs,
+    run_checked,
+    sha256_file,
+    write_atomic,
+)
 
 MODULE_DIRS = ("lib/modules", "usr/lib/modules")
 COPIED_META = ("modules.builtin", "modules.builtin.modinfo")
@@ -395,11 +400,9 @@ def run_depmod(module: AnsibleModule, base: str, release: str) -> None:
         # the image does not depend on it (reproducible builds).
         old_umask = os.umask(0o022)
         try:
-            rc, out, err = module.run_command(cmd)
+            run_checked(module, cmd, what=f"indexing the modules of {release} (depmod)")
         finally:
             os.umask(old_umask)
-        if rc != 0:
-            module.fail_json(msg=f"depmod failed (rc={rc}): {err.strip() or out.strip()}", cmd=cmd)
     finally:
         shutil.rmtree(emptycfg, ignore_errors=True)
 
@@ -448,10 +451,8 @@ def read_module(module: AnsibleModule, path: str) -> bytes:
     if kind == "gzip":
         return gzip.decompress(data)
     if kind == "zstd":
-        cmd = [zstd_path(module), "-q", "-d", "-c", "--", path]
-        rc, out, err = module.run_command(cmd, binary_data=True, encoding=None)
-        if rc != 0:
-            module.fail_json(msg=f"zstd cannot decompress {path}: {err!r}", cmd=cmd)
+        out, _err = run_checked(module, [zstd_path(module), "-q", "-d", "-c", "--", path],
+                                what=f"decompressing {path}", binary=True)
         return out
     return data
 
@@ -472,10 +473,8 @@ def stored_bytes(module: AnsibleModule, src: str, compression: str) -> bytes:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(read_module(module, src))
         try:
-            cmd = [zstd_path(module), *ZSTD_COMPRESS, scratch or src]
-            rc, out, err = module.run_command(cmd, binary_data=True, encoding=None)
-            if rc != 0:
-                module.fail_json(msg=f"zstd cannot compress {src}: {err!r}", cmd=cmd)
+            out, _err = run_checked(module, [zstd_path(module), *ZSTD_COMPRESS, scratch or src],
+                                    what=f"compressing {src}", binary=True)
             return out
         finally:
             if scratch:
@@ -546,28 +545,6 @@ def desired_meta(srcdir: str, relpaths: set[str]) -> dict[str, bytes | None]:
     return meta
 
 
-def write_atomic(path: str, data: bytes | None = None, mtime_of: str | None = None) -> None:
-    """Write data to path through a temporary file; with mtime_of, take that file's times."""
-    directory = os.path.dirname(path)
-    makedirs(directory)
-    fd, tmp = tempfile.mkstemp(prefix=".kmod-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if data is not None:
-                fh.write(data)
-        os.chmod(tmp, 0o644)
-        if mtime_of is not None:
-            st = os.stat(mtime_of)
-            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def indexed_paths(destdir: str) -> list[str]:
     """Module paths that modules.dep names (relative, as depmod writes them)."""
     with open(os.path.join(destdir, "modules.dep"), encoding="utf-8") as fh:
@@ -582,34 +559,26 @@ def snapshot(destdir: str) -> dict[str, str]:
     for entry in sorted(os.listdir(destdir)):
         path = os.path.join(destdir, entry)
         if os.path.isfile(path) and not os.path.islink(path):
-            with open(path, "rb") as fh:
-                result[entry] = hashlib.sha256(fh.read()).hexdigest()
+            result[entry] = sha256_file(path)
     return result
 
 
-def run_module() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "root": {"type": "path", "required": True},
-            "release": {"type": "str"},
-            "modules": {"type": "list", "elements": "str", "default": []},
-            "optional": {"type": "list", "elements": "str", "default": []},
-            "dest": {"type": "path", "required": True},
-            "depmod": {"type": "bool", "default": True},
-            "compression": {"type": "str", "default": "none", "choices": list(COMPRESSION_SUFFIX)},
-        },
-        supports_check_mode=True,
-    )
+ARGUMENT_SPEC = {
+    "root": {"type": "path", "required": True},
+    "release": {"type": "str"},
+    "modules": {"type": "list", "elements": "str", "default": []},
+    "optional": {"type": "list", "elements": "str", "default": []},
+    "dest": {"type": "path", "required": True},
+    "depmod": {"type": "bool", "default": True},
+    "compression": {"type": "str", "default": "none", "choices": list(COMPRESSION_SUFFIX)},
+}
+
+
+def resolve(module: AnsibleModule, index: KmodIndex, release: str) -> tuple[set[str], list[str], list[str], set[str]]:
+    """Step 1: the requested names (modules, then optional) resolved against the source kernel's index:
+    the modules with their dependency closure, the names built in, the optional names absent, and the soft
+    dependencies that nothing satisfies. An unknown name that is not optional fails the module."""
     params = module.params
-    root = os.path.abspath(params["root"])
-    dest = os.path.abspath(params["dest"])
-    if not os.path.isdir(root):
-        module.fail_json(msg=f"root {root} is not a directory")
-
-    release, srcdir = find_release(module, root, params["release"])
-    index = load_source_index(module, srcdir, release)
-
-    # Resolve the requested names.
     optional = {normalize(name) for name in params["optional"]}
     requested: list[str] = []
     for name in [*params["modules"], *params["optional"]]:
@@ -635,17 +604,18 @@ def run_module() -> None:
             release=release,
             unknown=sorted(unknown),
         )
-
     closed, unresolved = index.closure(wanted)
-    compression = params["compression"]
+    return closed, builtin, missing, unresolved
+
+
+def plan(module: AnsibleModule, index: KmodIndex, srcdir: str, destdir: str, closed: set[str]) -> dict[str, Any]:
+    """Step 2: what the destination must become: the module files to add, update and remove (compared once
+    uncompressed), the directories left empty, the index files to rewrite and whether depmod must run."""
+    compression = module.params["compression"]
     suffix = COMPRESSION_SUFFIX[compression]
     # Path in dest (with the suffix of the chosen compression) -> path in the source.
     sources = {plain_relpath(index.paths[name]) + suffix: index.paths[name] for name in closed}
-
-    # Compare with the destination.
-    destdir = os.path.join(dest, "lib", "modules", release)
     existing, existing_dirs = managed_files(destdir)
-    added = sorted(rel for rel in sources if rel not in existing)
     kept = sorted(rel for rel in sources if rel in existing)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         same = dict(
@@ -654,8 +624,6 @@ def run_module() -> None:
                 kept,
             )
         )
-    updated = [rel for rel in kept if not same[rel]]
-    removed = sorted(existing - set(sources))
     # Directories that would be left empty (or are empty already).
     needed_dirs = set()
     for rel in sources:
@@ -663,22 +631,93 @@ def run_module() -> None:
         while parent:
             needed_dirs.add(parent)
             parent = os.path.dirname(parent)
-    stale_dirs = sorted(existing_dirs - needed_dirs, key=lambda d: d.count(os.sep), reverse=True)
-
     meta = desired_meta(srcdir, set(sources.values()))
-    meta_changed = sorted(name for name, data in meta.items() if read_bytes(os.path.join(destdir, name)) != data)
-    files_changed = bool(added or updated or removed or stale_dirs)
-    need_depmod = params["depmod"] and (
-        files_changed or meta_changed or not os.path.exists(os.path.join(destdir, "modules.dep"))
+    work = {
+        "compression": compression,
+        "sources": sources,
+        "existing": existing,
+        "added": sorted(rel for rel in sources if rel not in existing),
+        "updated": [rel for rel in kept if not same[rel]],
+        "removed": sorted(existing - set(sources)),
+        "stale_dirs": sorted(existing_dirs - needed_dirs, key=lambda d: d.count(os.sep), reverse=True),
+        "meta": meta,
+        "meta_changed": sorted(name for name, data in meta.items() if read_bytes(os.path.join(destdir, name)) != data),
+    }
+    work["files_changed"] = bool(work["added"] or work["updated"] or work["removed"] or work["stale_dirs"])
+    work["need_depmod"] = module.params["depmod"] and (
+        work["files_changed"] or work["meta_changed"] or not os.path.exists(os.path.join(destdir, "modules.dep"))
     )
+    return work
+
+
+def apply(module: AnsibleModule, work: dict[str, Any], srcdir: str, dest: str, destdir: str, release: str) -> bool:
+    """Step 3: remove, write (compressed in parallel, atomically) and re-index; returns whether depmod changed
+    the index files. Fails when depmod left a module file out of its index."""
+    for rel in work["removed"]:
+        path = os.path.join(destdir, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    for rel in work["stale_dirs"]:
+        path = os.path.join(destdir, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+    sources, compression = work["sources"], work["compression"]
+    writes = [*work["added"], *work["updated"]]
+    # Compression (zstd -19, xz -9e) is the slow part of a cold build: one file per core at a time.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        contents = pool.map(
+            lambda rel: (rel, stored_bytes(module, os.path.join(srcdir, sources[rel]), compression)), writes
+        )
+        for rel, data in contents:
+            write_atomic(os.path.join(destdir, rel), data, 0o644, mtime_of=os.path.join(srcdir, sources[rel]),
+                         prefix=".kmod-", mkdir=True)
+    makedirs(destdir)
+    for name in work["meta_changed"]:
+        data = work["meta"][name]
+        if data is None:
+            os.unlink(os.path.join(destdir, name))
+        else:
+            write_atomic(os.path.join(destdir, name), data, 0o644, prefix=".kmod-", mkdir=True)
+    if not work["need_depmod"]:
+        return bool(work["meta_changed"])
+    before = snapshot(destdir)
+    run_depmod(module, dest, release)
+    after = snapshot(destdir)
+    # A depmod without this compression skips such files with a mere warning: modprobe could not find them.
+    unindexed = sorted(set(sources) - set(indexed_paths(destdir)))
+    if unindexed:
+        module.fail_json(
+            msg=f"depmod did not index {len(unindexed)} module file(s), e.g. {unindexed[0]}: does the build "
+            f"host's depmod support {compression} (depmod --version)?",
+            unindexed=unindexed,
+        )
+    return bool(work["meta_changed"]) or before != after
+
+
+def run_module() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = module.params
+    root = os.path.abspath(params["root"])
+    dest = os.path.abspath(params["dest"])
+    if not os.path.isdir(root):
+        module.fail_json(msg=f"root {root} is not a directory")
+
+    release, srcdir = find_release(module, root, params["release"])
+    index = load_source_index(module, srcdir, release)
+    closed, builtin, missing, unresolved = resolve(module, index, release)
+    destdir = os.path.join(dest, "lib", "modules", release)
+    work = plan(module, index, srcdir, destdir, closed)
+    sources = work["sources"]
 
     size = sum(
         os.path.getsize(path) if compression_of(path) == "none" else len(read_module(module, path))
         for path in (os.path.join(srcdir, rel) for rel in sources.values())
     )
-    before_names = sorted({name_of_path(rel) for rel in existing if ".ko" in os.path.basename(rel)})
+    before_names = sorted({name_of_path(rel) for rel in work["existing"] if ".ko" in os.path.basename(rel)})
     result = {
-        "changed": files_changed or bool(meta_changed) or bool(need_depmod),
+        "changed": work["files_changed"] or bool(work["meta_changed"]) or bool(work["need_depmod"]),
         "release": release,
         "modules": sorted(closed),
         "builtin": sorted(builtin),
@@ -686,10 +725,10 @@ def run_module() -> None:
         "softdeps_unresolved": sorted(unresolved),
         "files": len(sources),
         "size": size,
-        "added": added,
-        "removed": removed,
-        "updated": updated,
-        "depmod_changed": bool(meta_changed) or bool(need_depmod),
+        "added": work["added"],
+        "removed": work["removed"],
+        "updated": work["updated"],
+        "depmod_changed": bool(work["meta_changed"]) or bool(work["need_depmod"]),
         "diff": {
             "before_header": f"{destdir} (modules)",
             "after_header": f"{destdir} (modules)",
@@ -700,48 +739,9 @@ def run_module() -> None:
     if module.check_mode:
         module.exit_json(**result)
 
-    # Apply.
-    for rel in removed:
-        path = os.path.join(destdir, rel)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.unlink(path)
-    for rel in stale_dirs:
-        path = os.path.join(destdir, rel)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-    writes = [*added, *updated]
-    # Compression (zstd -19, xz -9e) is the slow part of a cold build: one file per core at a time.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        contents = pool.map(
-            lambda rel: (rel, stored_bytes(module, os.path.join(srcdir, sources[rel]), compression)), writes
-        )
-        for rel, data in contents:
-            write_atomic(os.path.join(destdir, rel), data=data, mtime_of=os.path.join(srcdir, sources[rel]))
-    makedirs(destdir)
-    for name in meta_changed:
-        data = meta[name]
-        if data is None:
-            os.unlink(os.path.join(destdir, name))
-        else:
-            write_atomic(os.path.join(destdir, name), data=data)
+    result["depmod_changed"] = apply(module, work, srcdir, dest, destdir, release)
     result["stored_size"] = sum(os.path.getsize(os.path.join(destdir, rel)) for rel in sources)
-
-    if need_depmod:
-        before = snapshot(destdir)
-        run_depmod(module, dest, release)
-        after = snapshot(destdir)
-        # A depmod without this compression skips such files with a mere warning: modprobe could not find them.
-        unindexed = sorted(set(sources) - set(indexed_paths(destdir)))
-        if unindexed:
-            module.fail_json(
-                msg=f"depmod did not index {len(unindexed)} module file(s), e.g. {unindexed[0]}: does the build "
-                f"host's depmod support {compression} (depmod --version)?",
-                unindexed=unindexed,
-            )
-        result["depmod_changed"] = bool(meta_changed) or before != after
-    result["changed"] = files_changed or result["depmod_changed"]
+    result["changed"] = work["files_changed"] or result["depmod_changed"]
     module.exit_json(**result)
 
 

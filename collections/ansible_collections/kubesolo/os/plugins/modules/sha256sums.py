@@ -80,46 +80,22 @@ hashed:
   sample: [kubesolo-os.iso]
 """
 
-import contextlib
-import hashlib
-import json
 import os
-import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+from ansible_collections.kubesolo.os.plugins.module_utils.buildutil import (
+    BuildUtilError,
+    parse_mode,
+    read_state,
+    sha256_file,
+    write_atomic,
+    write_state,
+)
 
 
 def load_cache(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def write_atomic(path: str, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    return (read_state(path) or {}) if path else {}
 
 
 def main() -> None:
@@ -135,9 +111,9 @@ def main() -> None:
     )
     params = module.params
     try:
-        mode = int(str(params["mode"]), 8) if not isinstance(params["mode"], int) else params["mode"]
-    except ValueError:
-        module.fail_json(msg=f"mode {params['mode']!r} is not an octal number (quote it in YAML, e.g. '0644')")
+        mode = parse_mode(params["mode"], "mode")
+    except BuildUtilError as exc:
+        module.fail_json(msg=str(exc))
     for name in params["files"]:
         if not name or "/" in name:
             module.fail_json(msg=f"files: {name!r} must be a plain file name in {params['path']}")
@@ -176,13 +152,12 @@ def main() -> None:
                 result["diff"] = {"before_header": dest, "after_header": dest, "before": before or "", "after": text}
             if not module.check_mode:
                 try:
-                    write_atomic(dest, text.encode(), mode)
+                    write_atomic(dest, text.encode(), mode, prefix=f".{os.path.basename(dest)}.")
                 except OSError as exc:
                     module.fail_json(msg=f"cannot write {dest}: {exc.strerror}")
     if params["cache"] and new_cache != cache and not module.check_mode:
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(params["cache"])), exist_ok=True)
-            write_atomic(params["cache"], json.dumps(new_cache, sort_keys=True).encode(), 0o644)
+            write_state(params["cache"], new_cache, mkdir=True)
         except OSError as exc:
             module.warn(f"cannot write the cache {params['cache']}: {exc.strerror}")
     module.exit_json(**result)
