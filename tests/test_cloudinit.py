@@ -150,7 +150,7 @@ def test_rule_added_only_to_the_schema_is_enforced_by_both_parsers(tmp_path: Pat
     ]
     schema_file = tmp_path / "cloud-init-schema.yml"
     schema_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    schema = cloudinit.load_schema(data, yaml.safe_load(FLAGS_FILE.read_text()))
+    schema = cloudinit.load_schema(data, yaml.safe_load(FLAGS_FILE.read_text()), persistent_dirs())
     _run_role(tmp_path, tmp_path / "layers", {"init_cloudinit_schema_file": str(schema_file)})
     layer = tmp_path / "layers" / "init"
     config = tmp_path / "extra-rules.yaml"
@@ -171,7 +171,7 @@ def test_unknown_rule_is_refused_by_both_parsers(ci_layer: Path, tmp_path: Path)
     data = yaml.safe_load(SCHEMA_FILE.read_text())
     data["rules"].append({"mapping": "proxy", "rule": "implies", "keys": ["http_proxy"], "message": "m"})
     with pytest.raises(ValueError, match="unknown rule"):
-        cloudinit.load_schema(data, yaml.safe_load(FLAGS_FILE.read_text()))
+        cloudinit.load_schema(data, yaml.safe_load(FLAGS_FILE.read_text()), persistent_dirs())
     schema = tmp_path / "cloud-init.schema"
     schema.write_text((ci_layer / LIBDIR / "cloud-init.schema").read_text()
                       + "R\tproxy\timplies\thttp_proxy\t\t\tm\n")

@@ -8,6 +8,7 @@ and shellcheck every rendered shell file.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import role_defaults
 from contract import HANDOVER_MARKER
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,15 +54,18 @@ def _run_role(workdir: Path, layers: Path, extra_vars: dict | None = None, *, ex
                 # What the kubesolo role records about the system image (stage 20 verifies it).
                 "kubesolo_binary_path": "/" + LIBDIR + "/bin/kubesolo",
                 "kubesolo_sysimage": {"sha256": "0" * 64, "size": 4096, "image_path": "/" + LIBDIR + "/kubesolo.sqfs"},
-                **(extra_vars or {}),
             },
             "roles": ["init"],
         }
     ]
     playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    # The caller's variables as extra vars: they must win over the role's vars/ (internal values a test may
+    # still replace, e.g. init_cloudinit_schema_file), which outrank play vars.
+    extra_file = workdir / "render-extra-vars.json"
+    extra_file.write_text(json.dumps(extra_vars or {}))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     result = subprocess.run(
-        [_ansible_playbook(), "-i", "localhost,", str(playbook)],
+        [_ansible_playbook(), "-i", "localhost,", "-e", f"@{extra_file}", str(playbook)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -707,7 +712,7 @@ def test_kubesolo_exec_hands_over_clean(functions: Path, tmp_path: Path, mode: s
     assert [line for line in out if line.startswith(("KUBESOLO_", "HTTP_PROXY"))] == [
         "HTTP_PROXY=http://proxy:3128", "KUBESOLO_PORTAINER_EDGE_ID=abc def"]
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
-    defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
+    defaults = role_defaults("init")
     nofile = defaults["init_kubesolo_nofile"]
     assert f"nofile={nofile}" in out or f"[WARN] Cannot set the open-files limit to {nofile}" in result.stderr
     if mode == "supervised":
@@ -727,7 +732,7 @@ def test_kubesolo_exec_refuses_without_binary_or_arguments(functions: Path, tmp_
 def test_dhcp_is_one_udhcpc_call(layer: Path, functions: Path) -> None:
     """ksi_dhcp is the one udhcpc command line; stage 50 and cloud-init call it, with the role's settings."""
     result = bb(functions, 'udhcpc() { printf "%s\\n" "$@"; return 3; }\nksi_dhcp eth7\necho "rc=$?"')
-    defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
+    defaults = role_defaults("init")
     # udhcpc's output goes to the console (stderr), not into a caller's command substitution.
     assert (result.stderr + result.stdout).split() == [
         "-i", "eth7", "-t", str(defaults["init_dhcp_tries"]), "-T", str(defaults["init_dhcp_timeout"]),
@@ -752,7 +757,7 @@ def test_rendered_layout_and_modes(layer: Path) -> None:
 
 
 def test_modules_list_matches_kubesolo_os_boot_modules(layer: Path) -> None:
-    shared = yaml.safe_load((REPO / "roles/kubesolo_os/defaults/main.yml").read_text())
+    shared = role_defaults("kubesolo_os")
     listed = [
         line.strip()
         for line in (layer / LIBDIR / "modules.list").read_text().splitlines()
@@ -812,7 +817,7 @@ def test_leave_rootfs_runs_first_in_init_as_pid_1_only(layer: Path) -> None:
 def test_kubesolo_open_files_limit_in_both_handovers(layer: Path) -> None:
     """Both hand-overs (exec in /sbin/init, supervised in kubesolo-run) go through ksi_kubesolo_exec, which sets
     the limit before its exec; neither file has a hand-over of its own."""
-    defaults = yaml.safe_load((REPO / "roles/init/defaults/main.yml").read_text())
+    defaults = role_defaults("init")
     limit = f"ulimit -n {defaults['init_kubesolo_nofile']} "
     assert defaults["init_kubesolo_nofile"] == 65535  # upstream unit's LimitNOFILE
     functions = (layer / LIBDIR / "functions.sh").read_text()
