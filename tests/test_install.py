@@ -23,6 +23,7 @@ from conftest import REPO, SSH_KEY, VENV_BIN, stop_guests, tool_env, vm_pool
 from guest import assert_kubesolo_alive
 from loopdev import MIB, LoopDevices, sh
 from test_disk_image import clean_rebuild  # noqa: F401  (session fixture: the second, clean build)
+from test_provision_loop import read_data
 
 LAYOUT = yaml.safe_load((REPO / "files" / "installed-disk.yml").read_text())
 CONTRACT = yaml.safe_load((REPO / "files" / "boot-contract.yml").read_text())
@@ -170,16 +171,6 @@ def write_data_file(tmp_path: Path, partition: str, name: str, text: str) -> Non
         sh("umount", str(mnt))
 
 
-def read_data_file(tmp_path: Path, partition: str, name: str) -> str:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir(exist_ok=True)
-    sh("mount", "-o", "ro", partition, str(mnt))
-    try:
-        return (mnt / name).read_text()
-    finally:
-        sh("umount", str(mnt))
-
-
 def test_check_mode_then_install_then_a_second_run_changes_nothing(output, manifest, loops, tmp_path):
     disk = loops.add(3 * 1024)
     rc, out = install(output, [disk], "--check")
@@ -238,7 +229,7 @@ def test_reinstall_rewrites_what_differs_and_keeps_ksolodata(output, manifest, l
     assert "write slot A" in out and "write the EFI system partition (slot A was rewritten" in out
     assert "write GRUB's boot code" not in out, "an unchanged part was written again"
     assert sha(f"{disk}p3", manifest["slot_image"]["size"]) == manifest["slot_image"]["sha256"]
-    assert read_data_file(tmp_path, f"{disk}p5", "survivor") == "written before the re-install\n"
+    assert read_data(tmp_path, f"{disk}p5", "survivor") == "written before the re-install\n"
     assert sha(f"{disk}p5", 8 * MIB) == data_before
 
 
@@ -394,3 +385,47 @@ def test_install_from_the_iso_then_boot_from_the_disk_under_bios_and_uefi(output
     # Booted from its installed disk, install.yml leaves the node alone (never the boot medium).
     rc, out, _seconds = install_over_ssh(output, uefi.spec.ssh_port)
     assert rc == 0 and node_changed(out) == 0 and "the node runs from it" in out, out[-4000:]
+
+
+def esp_env_on_disk(disk_file: Path) -> dict[str, str]:
+    offset = next(p for p in LAYOUT["partitions"] if p["name"] == LAYOUT["esp_label"])["number"]
+    start = partitions_of_file(disk_file)[offset]["start"] * 512
+    return grubenv(esp_file(f"{disk_file}@@{start}", LAYOUT["grubenv_path"]))
+
+
+def partitions_of_file(disk_file: Path) -> dict[int, dict]:
+    table = json.loads(sh("sfdisk", "--json", str(disk_file)).stdout)["partitiontable"]
+    return {int(re.search(r"(\d+)$", p["node"]).group(1)): p for p in table["partitions"]}
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_grub_boots_an_armed_trial_once_counting_it_down_then_the_active_slot(output, manifest, loops, vms, tmp_path,
+                                                                               firmware):
+    """GRUB's side of the boot counter, on the real boot loaders: a trial of slot B armed with one try boots slot
+    B once (saving KSOLO_TRIAL_TRIES=0 on the FAT ESP before the kernel starts), the next boot is slot A's. Each
+    VM is stopped as soon as the boot is seen, before anything on the node could write the environment."""
+    disk = loops.add(3 * 1024)
+    rc, out = install(output, [disk], install_device=disk)
+    assert rc == 0, out[-3000:]
+    slot = (output / manifest["slot_image"]["file"]).read_bytes()
+    with open(f"{disk}p4", "r+b") as handle:
+        handle.write(slot)
+    env = grubenv(esp_file(f"{disk}p2", LAYOUT["grubenv_path"]))
+    env.update(KSOLO_TRIAL="B", KSOLO_TRIAL_TRIES="1", KSOLO_B_VERSION=manifest["image"]["version"])
+    text = "# GRUB Environment Block\n" + "".join(f"{k}={v}\n" for k, v in env.items())
+    (tmp_path / "grubenv").write_text(text + "#" * (LAYOUT["grubenv_size"] - len(text)))
+    mtools("mcopy", "-o", "-i", f"{disk}p2", str(tmp_path / "grubenv"), f"::{LAYOUT['grubenv_path']}")
+    backing = LoopDevices.backing(disk)
+    loops.cleanup()
+
+    trial = vms("trial", disks=[backing], firmware=firmware, ssh=False, network=False)
+    trial.wait(r"Booting `KubeSolo OS - slot B", timeout=240)
+    trial.wait(re.escape("Boot medium PARTLABEL=KSOLO_B is /dev/vda4"), timeout=240)
+    trial.stop()
+    after = esp_env_on_disk(backing)
+    assert after == {**env, "KSOLO_TRIAL_TRIES": "0"}, after
+
+    normal = vms("after-trial", disks=[backing], firmware=firmware, ssh=False, network=False)
+    normal.wait(r"Booting `KubeSolo OS - slot A", timeout=240)
+    normal.stop()
+    assert esp_env_on_disk(backing) == after, "GRUB wrote the environment on a normal boot"
