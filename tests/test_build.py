@@ -26,7 +26,9 @@ def test_outputs_exist_and_match_sha256sums(built_image):
     sums = (built_image.output / "SHA256SUMS").read_text().splitlines()
     listed = dict(reversed(line.split("  ", 1)) for line in sums)
     image = next(built_image.output.glob("kubesolo-os-*-amd64.img")).name  # roles/disk_image
-    assert set(listed) == {built_image.iso.name, image, "vmlinuz", "initramfs"}
+    slot = next(built_image.output.glob("kubesolo-os-*-amd64-slot.img")).name  # roles/slot_image
+    esp = next(built_image.output.glob("kubesolo-os-*-amd64-esp.img")).name
+    assert set(listed) == {built_image.iso.name, image, slot, esp, "vmlinuz", "initramfs"}
     for name, digest in listed.items():
         assert sha256(built_image.output / name) == digest, name
 
@@ -62,15 +64,15 @@ def elf_digests(root) -> dict[str, str]:
 def test_manifest_lists_every_debian_package_the_roles_took(built_image):
     """Every Debian package a role took files from is in the manifest with the version fetched: each ELF file
     of the userland layer (tools, busybox, the libraries KubeSolo needs too, which are checked against this
-    layer) comes from a listed package, and so do the kernel and the boot loaders of the ISO and the raw image."""
+    layer) comes from a listed package, and so do the kernel and the
+    boot loaders of every medium (the bootloader role's)."""
     manifest = json.loads((built_image.output / "manifest.json").read_text())
     listed = {pkg["name"]: pkg["version"] for pkg in manifest["debian_packages"]}
     pkgroot = REPO / "build" / "cache" / "pkgroot"
     for name, version in listed.items():
         assert (pkgroot / f"{name}_{version}").is_dir(), f"{name} {version}: not the fetched version"
     assert listed[manifest["kernel"]["package"]] == manifest["kernel"]["version"]
-    boot_loaders = (role_defaults("iso")["iso_bootloader_packages"]
-                    + role_defaults("disk_image")["disk_image_bootloader_packages"])
+    boot_loaders = role_defaults("bootloader")["bootloader_packages"]
     missing = {role_defaults("userland")["userland_busybox_package"], *boot_loaders} - set(listed)
     assert not missing, f"packages taken but not in the manifest: {missing}"
     # Which package each ELF file of the image's userland came from (by content).
