@@ -107,7 +107,6 @@ TARGETS: dict[str, tuple[float, str, str]] = {
 # the small stand-in's boot from the same medium, measured in the same run (512 MiB VM, SeaBIOS). Before the
 # system image existed the small stand-in's media boots took the same time (docs/benchmark.md).
 LARGE_VM_MEMORY_MB = 512
-MEMINFO_RE = re.compile(r"\[kubesolo-test-double\] meminfo MemTotal=(\d+) MemAvailable=(\d+) Shmem=(\d+)")
 
 
 def log(message: str) -> None:
@@ -543,17 +542,16 @@ def boot_medium(workdir: Path, name: str, timeout: float = 900, **medium: Path) 
             text = vmctl.read_log(spec.serial_log)
             if seen is None and vmctl.SUCCESS_MARKER in text:
                 seen = time.monotonic() - started
-            match = MEMINFO_RE.search(text)
-            if seen is not None and match:
+            memory = kubesolo_double.meminfo(text)
+            if seen is not None and memory:
                 break
             if vmctl.ERROR_MARKER in text or "Kernel panic" in text or "[kubesolo-test-double] refused" in text:
                 raise vmctl.VMError(f"{name}: the guest reported an error (log {spec.serial_log})")
             if time.monotonic() - started > timeout:
                 raise vmctl.VMError(f"{name}: no stage-90 marker and meminfo line within {timeout}s")
             time.sleep(0.1)
-        total, available, shmem = (int(v) for v in match.groups())
-        return {"marker_s": round(seen, 3), "in_use_mb": round((total - available) * 1024 / MB, 2),
-                "shmem_mb": round(shmem * 1024 / MB, 2), "mem_total_kb": total}
+        return {"marker_s": round(seen, 3), "in_use_mb": round(memory.in_use_mb, 2),
+                "shmem_mb": round(memory.shmem_mb, 2), "mem_total_kb": memory.mem_total_kb}
     finally:
         vmctl.stop(spec.pidfile)
         shutil.copyfile(spec.serial_log, workdir / f"last-{name}.log")

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import kubesolo_double
 import large_double
 import pytest
 import vmctl
@@ -22,13 +23,11 @@ from guest import assert_kubesolo_alive
 pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
-MB = 1000 * 1000
 LARGE_DIR = REPO / "build" / "large"
 PADDING = large_double.PADDING
 VM_MEMORY_MIB = 512
 # MemTotal - MemAvailable at handover when booted from a medium (issue 14), in MB (10^6 bytes).
 MEMORY_LIMIT_MB = 100
-MEMINFO = re.compile(r"\[kubesolo-test-double\] meminfo MemTotal=(\d+) MemAvailable=(\d+) Shmem=(\d+)")
 OK90 = re.escape(vmctl.SUCCESS_MARKER)
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
 SYSIMAGE = role_defaults("kubesolo")["kubesolo_sysimage_media_path"]
@@ -89,16 +88,15 @@ def medium(request):
 
 
 def memory_at_handover(log: str) -> tuple[float, float]:
-    """(MemTotal - MemAvailable, Shmem) in MB from the double's meminfo line (/proc/meminfo's kB are KiB)."""
-    match = MEMINFO.search(log)
-    assert match, "the KubeSolo test double printed no meminfo line"
-    total, available, shmem = (int(v) for v in match.groups())
-    return (total - available) * 1024 / MB, shmem * 1024 / MB
+    """(MemTotal - MemAvailable, Shmem) in MB from the double's meminfo line (kubesolo_double.meminfo)."""
+    memory = kubesolo_double.meminfo(log)
+    assert memory, "the KubeSolo test double printed no meminfo line"
+    return memory.in_use_mb, memory.shmem_mb
 
 
 def assert_booted_from_the_medium(vm, what: str) -> None:
     seconds = vm.wait_booted(timeout=600)
-    log = vm.wait(re.escape("[kubesolo-test-double] running"), MEMINFO.pattern, timeout=180)
+    log = vm.wait(re.escape("[kubesolo-test-double] running"), kubesolo_double.MEMINFO_RE.pattern, timeout=180)
     log = vm.log
     assert re.search(r"\[OK\] KubeSolo system image /run/kubesolo-os/medium/boot/kubesolo\.sqfs verified", log), \
         "the system image was not mounted from the medium"
