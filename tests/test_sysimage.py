@@ -143,9 +143,20 @@ def test_large_binary_builds_with_default_sizes(large_image, tmp_path):
           f"ISO {large_image.iso.stat().st_size // MIB} MiB; media initramfs {len(media_initramfs) / MIB:.1f} MiB")
 
 
+def task_output(run, task: str, item: str | None = None) -> str:
+    """What `ansible-playbook -v` printed for a task (for one loop item)."""
+    section = run.result.stdout.split(f"TASK [{task}")[1].split("\nTASK [")[0]
+    return section if item is None else section.split(f"(item={item})")[1].split("(item=")[0]
+
+
 def test_large_rebuild_changes_nothing(large_image):
-    again = large_build()
+    """A no-op rebuild reads none of the 256 MiB: no hashing of the source, no staging copy or compare, no new
+    image or digest of it, no rewrite of the kubesolo layer's archive (each is keyed on file identities)."""
+    again = large_build("-v")
     assert again.recap.get("changed", -1) == 0, again.changed_tasks()
+    assert '"hashed": []' in task_output(again, "kubesolo : Checksum the local KubeSolo source")
+    assert '"stdout": "unchanged ' in task_output(again, "kubesolo : Make the system image")
+    assert '"packed": false' in task_output(again, "initramfs : Pack each layer", "kubesolo")
     print(f"no-op rebuild with the 256 MiB stand-in: {again.seconds:.1f}s")
 
 

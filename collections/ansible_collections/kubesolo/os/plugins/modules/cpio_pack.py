@@ -248,6 +248,13 @@ recompressed:
   returned: always
   type: bool
   sample: false
+packed:
+  description:
+    - Whether the archive was written (and hashed) in this run; false when its inputs and O(dest) matched the record,
+      so that no file data was read.
+  returned: always
+  type: bool
+  sample: false
 """
 
 import contextlib
@@ -895,6 +902,7 @@ def run_module() -> None:
                       "size": os.path.getsize(dest)}
         result.update({key: work[key] for key in ("sha256", "size", "uncompressed_size", "entries")})
         result["recompressed"] = work["path"] is not None
+        result["packed"] = known is None
         if before.get("sha256") == work["sha256"]:
             if work["path"] is not None:
                 os.unlink(work["path"])

@@ -668,6 +668,7 @@ def test_module_unchanged_inputs_cost_no_io(
         patched.setattr(cp, "sha256_file", no_io)
         rc, second = run_module(layer, capsys, tmp_path)
     assert rc == 0 and second["changed"] is False and second["recompressed"] is False
+    assert first["packed"] is True and second["packed"] is False
     assert second["sha256"] == first["sha256"] == hashlib.sha256(dest.read_bytes()).hexdigest()
 
     big = Path(layer["src"]) / "lib" / "big.so"
@@ -679,7 +680,7 @@ def test_module_unchanged_inputs_cost_no_io(
     os.utime(big, ns=(old.st_atime_ns, old.st_mtime_ns))
     assert big.stat().st_ino == old.st_ino and big.stat().st_mtime_ns == old.st_mtime_ns
     rc, third = run_module(layer, capsys, tmp_path)
-    assert rc == 0 and third["changed"] is True and third["sha256"] != first["sha256"]
+    assert rc == 0 and third["changed"] is True and third["packed"] is True and third["sha256"] != first["sha256"]
     plain = subprocess.run(["zstd", "-d", "-c", str(dest)], check=True, capture_output=True).stdout
     assert bytes(data) in plain
 
