@@ -14,14 +14,38 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "tests" / "kubesolo-double"
 DEFAULT_DEST = REPO / "build" / "test-double" / "kubesolo"
 GOPATH = "/usr/share/gocode"
+
+# The line the double prints when it starts (main.go: `say("meminfo %s", meminfo())`), i.e. at the handover:
+# /proc/meminfo's MemTotal, MemAvailable and Shmem in kB (KiB). The one parser of it (tests and benchmark).
+MEMINFO_RE = re.compile(r"\[kubesolo-test-double\] meminfo MemTotal=(\d+) MemAvailable=(\d+) Shmem=(\d+)")
+MB = 1000 * 1000  # the issues state memory limits in MB (10^6 bytes)
+
+
+class Meminfo(NamedTuple):
+    """The double's meminfo line: memory in use (MemTotal - MemAvailable) and Shmem in MB, MemTotal in KiB."""
+
+    in_use_mb: float
+    shmem_mb: float
+    mem_total_kb: int
+
+
+def meminfo(log: str) -> Meminfo | None:
+    """The double's meminfo line in a serial log, None when it has not printed it (yet)."""
+    match = MEMINFO_RE.search(log)
+    if match is None:
+        return None
+    total, available, shmem = (int(value) for value in match.groups())
+    return Meminfo((total - available) * 1024 / MB, shmem * 1024 / MB, total)
 
 
 def source_digest() -> str:

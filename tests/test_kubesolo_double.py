@@ -260,3 +260,16 @@ def test_init_argument_builder_output_is_accepted(double: Path, functions: Path,
     assert (flags["path"], flags["local-storage"], flags["debug"], flags["load-balancer"], flags["node-ip"],
             flags["startup-timeout"], flags["apiserver-extra-sans"]) == \
         (str(state), "false", "false", "false", "10.0.0.5", "901", "node-1")
+
+
+def test_meminfo_line_is_what_the_shared_parser_reads(double: Path, tmp_path: Path):
+    """The benchmark and the system-image tests read the handover memory from the double's meminfo line through
+    kubesolo_double.meminfo (one parser): it must match what the double really prints (here: the host's)."""
+    status, report, stderr = run_double(double, base_args(tmp_path))
+    assert status == 0, stderr
+    memory = kubesolo_double.meminfo(report)
+    assert memory is not None, report
+    host = dict(re.findall(r"^(\w+):\s+(\d+) kB$", Path("/proc/meminfo").read_text(), re.M))
+    assert memory.mem_total_kb == int(host["MemTotal"])
+    assert 0 < memory.in_use_mb < memory.mem_total_kb * 1024 / kubesolo_double.MB
+    assert kubesolo_double.meminfo("[kubesolo-test-double] running\n") is None

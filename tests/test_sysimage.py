@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import kubesolo_double
 import large_double
 import pytest
 from conftest import BUILD_VARS, REPO, BuiltImage, ansible_playbook, ensure_ssh_key, role_defaults, vm_pool
@@ -22,13 +23,11 @@ from guest import assert_kubesolo_alive
 pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
-MB = 1000 * 1000
 LARGE_DIR = REPO / "build" / "large"
 PADDING = large_double.PADDING
 VM_MEMORY_MIB = 512
 # MemTotal - MemAvailable at handover when booted from a medium (issue 14), in MB (10^6 bytes).
 MEMORY_LIMIT_MB = 100
-MEMINFO = re.compile(r"\[kubesolo-test-double\] meminfo MemTotal=(\d+) MemAvailable=(\d+) Shmem=(\d+)")
 OK90 = re.escape(HANDOVER_MARKER)
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
 SYSIMAGE = role_defaults("kubesolo")["kubesolo_sysimage_media_path"]
@@ -89,16 +88,15 @@ def medium(request):
 
 
 def memory_at_handover(log: str) -> tuple[float, float]:
-    """(MemTotal - MemAvailable, Shmem) in MB from the double's meminfo line (/proc/meminfo's kB are KiB)."""
-    match = MEMINFO.search(log)
-    assert match, "the KubeSolo test double printed no meminfo line"
-    total, available, shmem = (int(v) for v in match.groups())
-    return (total - available) * 1024 / MB, shmem * 1024 / MB
+    """(MemTotal - MemAvailable, Shmem) in MB from the double's meminfo line (kubesolo_double.meminfo)."""
+    memory = kubesolo_double.meminfo(log)
+    assert memory, "the KubeSolo test double printed no meminfo line"
+    return memory.in_use_mb, memory.shmem_mb
 
 
 def assert_booted_from_the_medium(vm, what: str) -> None:
     seconds = vm.wait_booted(timeout=600)
-    log = vm.wait(re.escape("[kubesolo-test-double] running"), MEMINFO.pattern, timeout=180)
+    log = vm.wait(re.escape("[kubesolo-test-double] running"), kubesolo_double.MEMINFO_RE.pattern, timeout=180)
     log = vm.log
     assert re.search(r"\[OK\] KubeSolo system image /run/kubesolo-os/medium/boot/kubesolo\.sqfs verified", log), \
         "the system image was not mounted from the medium"
@@ -145,9 +143,20 @@ def test_large_binary_builds_with_default_sizes(large_image, tmp_path):
           f"ISO {large_image.iso.stat().st_size // MIB} MiB; media initramfs {len(media_initramfs) / MIB:.1f} MiB")
 
 
+def task_output(run, task: str, item: str | None = None) -> str:
+    """What `ansible-playbook -v` printed for a task (for one loop item)."""
+    section = run.result.stdout.split(f"TASK [{task}")[1].split("\nTASK [")[0]
+    return section if item is None else section.split(f"(item={item})")[1].split("(item=")[0]
+
+
 def test_large_rebuild_changes_nothing(large_image):
-    again = large_build()
+    """A no-op rebuild reads none of the 256 MiB: no hashing of the source, no staging copy or compare, no new
+    image or digest of it, no rewrite of the kubesolo layer's archive (each is keyed on file identities)."""
+    again = large_build("-v")
     assert again.recap.get("changed", -1) == 0, again.changed_tasks()
+    assert '"hashed": []' in task_output(again, "kubesolo : Checksum the local KubeSolo source")
+    assert '"stdout": "unchanged ' in task_output(again, "kubesolo : Make the system image")
+    assert '"packed": false' in task_output(again, "initramfs : Pack each layer", "kubesolo")
     print(f"no-op rebuild with the 256 MiB stand-in: {again.seconds:.1f}s")
 
 

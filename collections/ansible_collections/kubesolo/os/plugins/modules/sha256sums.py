@@ -15,9 +15,10 @@ version_added: "0.2.0"
 description:
   - Computes the SHA-256 of each of O(files) in O(path) and writes O(dest) in the format of C(sha256sum)
     (C(<hex>  <name>), one line per file, in the order given), so that C(sha256sum -c) checks the artefacts.
-  - A digest is remembered in O(cache) together with the file's size, modification time (nanoseconds) and inode,
-    and reused while all three are unchanged. A rebuilt artefact is replaced by a new file (new inode and time),
-    so it is always hashed again; a multi-hundred-megabyte disk image that did not change is not.
+  - A digest is remembered in O(cache) together with the file's size, inode, modification and change time
+    (nanoseconds), and reused while all four are unchanged. A rebuilt artefact is replaced by a new file (new inode
+    and times), and a file rewritten in place has a new change time even when its modification time is set back,
+    so either is hashed again; a multi-hundred-megabyte disk image that did not change is not.
   - O(dest) is replaced atomically and only when its content changes.
 author:
   - KubeSolo OS developers (@kubesolo-os)
@@ -36,7 +37,7 @@ options:
     type: path
   cache:
     description:
-      - JSON file that remembers digests by size, modification time and inode (kept outside the published
+      - JSON file that remembers digests by size, inode, modification and change time (kept outside the published
         directory). No cache is used when omitted.
     type: path
   mode:
@@ -127,7 +128,7 @@ def main() -> None:
     for name in params["files"]:
         path = os.path.join(params["path"], name)
         st = os.stat(path)
-        identity = [st.st_size, st.st_mtime_ns, st.st_ino]
+        identity = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         record = cache.get(path)
         if isinstance(record, list) and len(record) == 2 and record[0] == identity:
             digest = str(record[1])

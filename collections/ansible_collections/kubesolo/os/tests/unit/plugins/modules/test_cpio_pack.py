@@ -648,3 +648,43 @@ def test_module_recompresses_when_the_record_no_longer_holds(
     assert new_content["recompressed"] is True and new_content["changed"] is True
     rc, again = run_module({**layer, "compression_level": 5}, capsys, tmp_path)
     assert again["recompressed"] is False and again["changed"] is False
+
+
+def test_module_unchanged_inputs_cost_no_io(
+    layer: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same inputs (headers and the files' identities) and an untouched dest: the no-op run writes, reads and
+    hashes no archive (a layer with a 300 MB system image costs nothing). A file rewritten in place with its
+    size and modification time put back still has a new change time: the archive is packed again."""
+    rc, first = run_module(layer, capsys, tmp_path)
+    assert rc == 0 and first["changed"] is True
+    dest = Path(layer["dest"])
+
+    def no_io(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an unchanged layer was written or hashed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cp, "write_archive", no_io)
+        patched.setattr(cp, "sha256_file", no_io)
+        rc, second = run_module(layer, capsys, tmp_path)
+    assert rc == 0 and second["changed"] is False and second["recompressed"] is False
+    assert first["packed"] is True and second["packed"] is False
+    assert second["sha256"] == first["sha256"] == hashlib.sha256(dest.read_bytes()).hexdigest()
+
+    big = Path(layer["src"]) / "lib" / "big.so"
+    old = big.stat()
+    data = bytearray(big.read_bytes())
+    data[100] ^= 0xFF
+    with open(big, "r+b") as handle:  # in place: same inode and size
+        handle.write(bytes(data))
+    os.utime(big, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert big.stat().st_ino == old.st_ino and big.stat().st_mtime_ns == old.st_mtime_ns
+    rc, third = run_module(layer, capsys, tmp_path)
+    assert rc == 0 and third["changed"] is True and third["packed"] is True and third["sha256"] != first["sha256"]
+    plain = subprocess.run(["zstd", "-d", "-c", str(dest)], check=True, capture_output=True).stdout
+    assert bytes(data) in plain
+
+    # dest touched (same bytes, new times): the record no longer holds, dest is compared by content again.
+    os.utime(dest)
+    rc, fourth = run_module(layer, capsys, tmp_path)
+    assert rc == 0 and fourth["changed"] is False and fourth["sha256"] == third["sha256"]

@@ -61,3 +61,20 @@ def test_missing_artefact_and_bad_name_fail_clearly(tmp_path: Path, capsys: pyte
     assert not (tmp_path / "S").exists()
     result = run_module({"path": str(tmp_path), "files": ["../etc/passwd"]}, capsys)
     assert result["failed"] is True and "plain file name" in result["msg"]
+
+
+def test_file_rewritten_in_place_is_hashed_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Same size, same inode, modification time set back: the change time still tells, the digest is fresh."""
+    (tmp_path / "kubesolo").write_bytes(b"A" * 4096)
+    args = {"path": str(tmp_path), "files": ["kubesolo"], "cache": str(tmp_path / "state/sums.json")}
+    first = run_module(args, capsys)
+    before = (tmp_path / "kubesolo").stat()
+    with open(tmp_path / "kubesolo", "r+b") as handle:
+        handle.write(b"B")
+    os.utime(tmp_path / "kubesolo", ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = (tmp_path / "kubesolo").stat()
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
+    second = run_module(args, capsys)
+    assert second["hashed"] == ["kubesolo"]
+    fresh = second["files"]["kubesolo"]["sha256"]
+    assert fresh == digest(tmp_path / "kubesolo") != first["files"]["kubesolo"]["sha256"]
