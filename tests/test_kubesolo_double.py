@@ -260,3 +260,15 @@ def test_init_argument_builder_output_is_accepted(double: Path, functions: Path,
     assert (flags["path"], flags["local-storage"], flags["debug"], flags["load-balancer"], flags["node-ip"],
             flags["startup-timeout"], flags["apiserver-extra-sans"]) == \
         (str(state), "false", "false", "false", "10.0.0.5", "901", "node-1")
+
+
+def test_never_healthy_mode_starts_but_never_serves_the_api_port(tmp_path: Path):
+    """The rollback tests' stand-in (tests/test_upgrade.py): it still checks and reports everything, runs
+    until stopped, and never listens on :6443. Built with --never-healthy, or the variable on the host."""
+    never = kubesolo_double.build(tmp_path / "never" / "kubesolo", never_healthy=True)
+    for binary, env in ((never, {}), (kubesolo_double.build(), {"KUBESOLO_TEST_DOUBLE_NEVER_HEALTHY": "1"})):
+        status, report, stderr = run_double(binary, base_args(tmp_path), env=env)
+        assert status == 0, stderr
+        assert "[kubesolo-test-double] never-healthy: not serving :6443" in report
+        assert "listening on" not in report
+        assert report.rstrip().endswith("[kubesolo-test-double] stopping")
