@@ -165,10 +165,10 @@ class Node:
         self.run.mkdir(exist_ok=True)
         (self.run / "slot-state").write_text(f"booted={slot}\ntrial_boot={int(trial)}\n")
 
-    def slot(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    def slot(self, *args: str, stdin: bytes = b"", proc: Path | None = None) -> subprocess.CompletedProcess[bytes]:
         env = {"PATH": os.environ["PATH"], "KSI_TEST_LIBDIR": str(self.lib), "KSI_TEST_RUNDIR": str(self.run),
                "KSI_TEST_ESP_DIR": "1", "KSI_SLOT_SYSFS": str(self.sysfs),
-               "KSI_OS_RELEASE": str(self.root / "os-release")}
+               "KSI_OS_RELEASE": str(self.root / "os-release"), **({"KSI_PROC": str(proc)} if proc else {})}
         (self.root / "os-release").write_text("NAME=KubeSolo OS\nVERSION_ID=0.1.0\n")
         return subprocess.run([BUSYBOX, "sh", str(self.lib / "kubesolo-slot"), *args], input=stdin,
                               capture_output=True, env=env, timeout=120, check=False)
@@ -343,3 +343,23 @@ def test_shellcheck(lib: Path) -> None:
     result = subprocess.run(["shellcheck", "-s", "sh", *map(str, files)], capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stdout
+
+
+def test_health_command(node: Node, tmp_path: Path) -> None:
+    """`kubesolo-slot health`, the play's gate: the same checks as the node's watchdog, plus the slot decision."""
+    proc = tmp_path / "proc"
+    (proc / "1").mkdir(parents=True)
+    (proc / "net").mkdir()
+    (proc / "1" / "cmdline").write_bytes(b"/bin/busybox\0init\0")
+    (proc / "mounts").write_text("/dev/vda5 /mnt/data ext4 rw 0 0\n")
+    (proc / "net" / "tcp").write_text(TCP_HEADER + "   0: 00000000:192B 00000000:0000 0A 0 0\n")
+    (proc / "net" / "tcp6").write_text(TCP_HEADER)
+    node.booted("B", trial=True)
+    (node.run / "slot-state").write_text("booted=B\ntrial_boot=1\nactive=A\n")
+    result = node.slot("health", proc=proc)
+    assert (result.returncode, kv(result)) == (1, {"healthy": "no", "missing": "slot-decision"})
+    (node.run / "slot-state").write_text("booted=B\ntrial_boot=1\nactive=B\n")
+    assert node.slot("health", proc=proc).returncode == 0
+    result = node.slot("health", "--port", "6444", "port", "data", proc=proc)
+    assert kv(result) == {"healthy": "no", "missing": "port-6444"}
+    assert "unknown health check 'kubelet'" in node.slot("health", "kubelet", proc=proc).stderr.decode()
