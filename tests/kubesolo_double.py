@@ -31,14 +31,19 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
-def build(dest: Path = DEFAULT_DEST, *, never_healthy: bool = False) -> Path:
+def build(dest: Path = DEFAULT_DEST, *, never_healthy: bool = False, mode: str = "serve") -> Path:
     """Build the double into dest (if its source changed); returns dest. Raises RuntimeError with
     the compiler's output when the build fails (for example without Debian's Go packages).
-    never_healthy: the double's NEVER-HEALTHY mode (it never serves :6443; see main.go)."""
+    mode (main.healthMode, see main.go): serve (default); never (never_healthy=True: never serves :6443);
+    exit (refuses at once: PID 1 under the exec handover, so the kernel panics)."""
+    if never_healthy:
+        mode = "never"
+    if mode not in ("serve", "never", "exit"):
+        raise ValueError(f"unknown test double mode {mode!r}: serve, never or exit")
     dest.parent.mkdir(parents=True, exist_ok=True)
     stamp = dest.with_name(dest.name + ".sha256")
-    ldflags = "-s -w" + (" -X main.healthMode=never" if never_healthy else "")
-    want = source_digest() + (" never-healthy" if never_healthy else "")
+    ldflags = "-s -w" + (f" -X main.healthMode={mode}" if mode != "serve" else "")
+    want = source_digest() + (f" {mode}" if mode != "serve" else "")
     if dest.exists() and stamp.exists() and stamp.read_text().strip() == want:
         return dest
     env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, CGO_ENABLED="0", GOFLAGS="",

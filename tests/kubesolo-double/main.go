@@ -32,7 +32,9 @@
 // instead of "listening on :6443") and waits: a KubeSolo that starts and never becomes healthy, for the
 // A/B upgrade's rollback tests (tests/test_upgrade.py). The mode is chosen at build time
 // (tests/kubesolo_double.py --never-healthy links main.healthMode=never) or, for host-side tests, with
-// KUBESOLO_TEST_DOUBLE_NEVER_HEALTHY=1. SIGTERM or
+// KUBESOLO_TEST_DOUBLE_NEVER_HEALTHY=1. In the EXIT mode (main.healthMode=exit) it refuses at once after its
+// report ("refused: built to exit"): with the exec handover, where it is PID 1, the kernel panics (a broken
+// build whose kernel panics, for the same tests). SIGTERM or
 // SIGINT prints "... stopping" and exits 0. A refusal prints "[kubesolo-test-double] refused: <why>"
 // and exits 1, as KubeSolo exits on a fatal start-up error.
 // `--version` prints a version string and exits 0.
@@ -60,7 +62,7 @@ const (
 	apiAddress = ":6443"
 )
 
-// healthMode: "serve" (default) or "never" (set with go build -ldflags "-X main.healthMode=never").
+// healthMode: "serve" (default), "never" or "exit" (set with go build -ldflags "-X main.healthMode=never").
 var healthMode = "serve"
 
 var (
@@ -263,6 +265,9 @@ func main() {
 	checkNodeIP()
 	checkPivotRoot(*path)
 
+	if healthMode == "exit" {
+		refuse("built to exit (test double mode exit)")
+	}
 	if healthMode == "never" || os.Getenv("KUBESOLO_TEST_DOUBLE_NEVER_HEALTHY") == "1" {
 		say("never-healthy: not serving %s", apiAddress)
 	} else {
