@@ -1,28 +1,21 @@
-"""An A/B machine for the upgrade tests: an installed disk and a TEST DOUBLE of its boot loader.
+"""An A/B machine for the upgrade tests: an installed disk, booted by its own GRUB, again and again.
 
-NOT the product's boot loader. The installed disk's real GRUB and its grub.cfg come from the `install` side
-(playbooks/install.yml); until its layout is available here, this stand-in boots the disk the way the
-agreed interface says that GRUB does (/work/coord/ab-interface.md, docs/ab-upgrades.md), so that the node
-side (slot agent, watchdog, kubesolo-slot) and playbooks/upgrade.yml and rollback.yml run for real:
-
-- the disk is the interface's GPT layout (bios-boot, ESP `KSOLOEFI` with /grub/grubenv, `KSOLO_A`,
-  `KSOLO_B`, `KSOLODATA`), built with sfdisk, mkfs.vfat/mtools and mke2fs;
-- before every boot the stand-in reads GRUB's environment from the ESP inside the disk image (mtools,
-  grub-editenv), and, like grub.cfg: a KSOLO_TRIAL of A or B with tries 1-3 -> decrement and save the tries,
-  boot that slot with `kubesolo.slot=<slot> kubesolo.trial`; else boot KSOLO_ACTIVE with `kubesolo.slot=`;
-- it boots what is IN that slot partition: /boot/vmlinuz and /boot/initramfs read out of the slot's file
-  system (unsquashfs at the partition's offset); a slot it cannot read is a failed boot, as for GRUB;
-- QEMU runs with -no-reboot; a guest reboot (or a kernel panic with panic=10) ends QEMU and the stand-in boots
-  again, like firmware + GRUB after a reset. `power_cut()` kills QEMU (SIGKILL) at once.
-
-The slot image here is a squashfs holding boot/vmlinuz, boot/initramfs (the direct-boot initramfs, which
-carries the KubeSolo system image) and boot/version: what the interface names, in the simplest form.
+- `make_installed_disk` assembles the disk the install writes (files/installed-disk.yml: GPT bios-boot, ESP
+  `KSOLOEFI`, `KSOLO_A`, `KSOLO_B`, `KSOLODATA`) from a build's outputs: the ESP image (GRUB for UEFI and BIOS,
+  the A/B grub.cfg, GRUB's environment of a disk with this version in slot A), boot.img's code in the MBR,
+  core.img in the bios-boot partition, the slot image in slot A, an empty ext4 KSOLODATA. It stands in for
+  playbooks/install.yml (the `install` side), which the install tests check; the pieces are the product's.
+- `ABMachine` boots that disk in QEMU under SeaBIOS or OVMF with -no-reboot: each reset of the guest (a
+  reboot, a kernel panic with panic=10) ends QEMU and the machine starts it again from the disk, so every boot
+  goes through the real GRUB, its grub.cfg and its boot counter in GRUB's environment. Each boot has its own
+  serial log; `power_cut()` kills QEMU (SIGKILL) at once, and the next boot follows.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,132 +26,114 @@ from pathlib import Path
 
 import guest as guest_mod
 import vmctl
+import yaml
 
 MIB = 1024 * 1024
-BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
-ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
-# The boot contract's default entry (files/boot-contract.yml: `quiet`) + what grub.cfg adds.
-APPEND = "console=ttyS0,115200n8 panic=10"
+REPO = Path(__file__).resolve().parent.parent
+LAYOUT = yaml.safe_load((REPO / "files" / "installed-disk.yml").read_text())
+BOOTED = re.compile(r"\[kubesolo-init\] \[ *[0-9.]+\] Booted slot ([AB]) \(version ([^)]*)\)(, trial boot)?")
 
 
 def run(*cmd: str, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True, **kwargs)
 
 
-def slot_image(output: Path, dest_dir: Path) -> Path:
-    """The slot image of a build: output/kubesolo-os-<v>-amd64-slot.img when the build makes one (manifest
-    key slot_image), else this stand-in's squashfs of the build's kernel, initramfs and version, written
-    with a manifest.json (the build's, plus slot_image) into dest_dir. Returns the directory to upgrade from
-    (upgrade_output_dir)."""
-    manifest = json.loads((output / "manifest.json").read_text())
-    if "slot_image" in manifest:
-        return output
-    version = manifest["image"]["version"]
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    name = f"kubesolo-os-{version}-amd64-slot.img"
-    image = dest_dir / name
-    stamp = dest_dir / "inputs.sha256"
-    inputs = run("sha256sum", str(output / "vmlinuz"), str(output / "initramfs")).stdout
-    if not (image.exists() and stamp.exists() and stamp.read_text() == inputs):
-        tree = dest_dir / "tree"
-        shutil.rmtree(tree, ignore_errors=True)
-        (tree / "boot").mkdir(parents=True)
-        shutil.copyfile(output / "vmlinuz", tree / "boot" / "vmlinuz")
-        shutil.copyfile(output / "initramfs", tree / "boot" / "initramfs")
-        (tree / "boot" / "version").write_text(version + "\n")
-        image.unlink(missing_ok=True)
-        run("mksquashfs", str(tree), str(image), "-noappend", "-quiet", "-no-progress", "-all-root")
-        shutil.rmtree(tree)
-        stamp.write_text(inputs)
-    sha = run("sha256sum", str(image)).stdout.split()[0]
-    manifest["slot_image"] = {"file": name, "sha256": sha, "size": image.stat().st_size}
-    (dest_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return dest_dir
+def manifest(output: Path) -> dict:
+    return json.loads((output / "manifest.json").read_text())
+
+
+def slot_size_mib(slot_bytes: int) -> int:
+    """The install's default slot size (files/installed-disk.yml): max(minimum, factor x image), in steps."""
+    step = LAYOUT["slot_size_step_mib"]
+    want = max(LAYOUT["slot_min_size_mib"], LAYOUT["slot_image_factor"] * slot_bytes / MIB)
+    return int(-(-want // step) * step)
 
 
 @dataclass
 class Layout:
-    """Partition offsets and sizes (bytes) of the installed disk."""
+    """Partition offsets (bytes) of the installed disk: files/installed-disk.yml with this slot size."""
 
-    slot_mib: int = 160
-    esp_mib: int = 64
+    slot_mib: int
     data_mib: int = 256
 
     def parts(self) -> list[tuple[str, str, int]]:
-        return [("bios-boot", BIOS_BOOT, 1), ("KSOLOEFI", ESP, self.esp_mib), ("KSOLO_A", LINUX, self.slot_mib),
-                ("KSOLO_B", LINUX, self.slot_mib), ("KSOLODATA", LINUX, self.data_mib)]
+        out = []
+        for part in LAYOUT["partitions"]:
+            size = part.get("size_mib") or (self.slot_mib if part.get("slot") else self.data_mib)
+            out.append((part["name"], part["type"], size))
+        return out
 
     def offset(self, name: str) -> int:
-        start = 1  # MiB: sfdisk's default first-partition alignment
+        start = LAYOUT["first_sector"] * 512
         for part, _, size in self.parts():
             if part == name:
-                return start * MIB
-            start += size
+                return start
+            start += size * MIB
         raise KeyError(name)
 
     @property
-    def disk_mib(self) -> int:
-        return 1 + sum(size for _, _, size in self.parts()) + 1
+    def disk_bytes(self) -> int:
+        return LAYOUT["first_sector"] * 512 + sum(size for _, _, size in self.parts()) * MIB + MIB
 
 
-def make_installed_disk(path: Path, upgrade_dir: Path, layout: Layout | None = None) -> Path:
-    """A raw disk installed with the slot image of upgrade_dir in slot A (the stand-in of install.yml's
-    result): GRUB environment ACTIVE=A, A's version, last result `installed`; an empty ext4 KSOLODATA."""
-    layout = layout or Layout()
-    manifest = json.loads((upgrade_dir / "manifest.json").read_text())
-    image = upgrade_dir / manifest["slot_image"]["file"]
-    version = manifest["image"]["version"]
-    assert image.stat().st_size <= layout.slot_mib * MIB
+def make_installed_disk(path: Path, output: Path, data_mib: int = 256) -> tuple[Path, Layout]:
+    """The disk an install of the build in `output` gives (see the module's docstring)."""
+    info = manifest(output)
+    slot, esp = output / info["slot_image"]["file"], output / info["esp_image"]["file"]
+    layout = Layout(slot_mib=slot_size_mib(slot.stat().st_size), data_mib=data_mib)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     with path.open("wb") as handle:
-        handle.truncate(layout.disk_mib * MIB)
+        handle.truncate(layout.disk_bytes)
     table = "label: gpt\n" + "".join(f"size={size}MiB, type={kind}, name={name}\n"
                                       for name, kind, size in layout.parts())
     run("sfdisk", "-q", str(path), input=table)
-    work = path.with_suffix(".parts")
+    names = {p["number"]: p["name"] for p in LAYOUT["partitions"]}
+    esp_name, bios_name = names[2], names[1]
+    run("dd", f"if={esp}", f"of={path}", "bs=1M", f"seek={layout.offset(esp_name) // MIB}", "conv=notrunc",
+        "status=none")
+    run("dd", f"if={slot}", f"of={path}", "bs=1M", f"seek={layout.offset('KSOLO_A') // MIB}", "conv=notrunc",
+        "status=none")
+    work = path.with_suffix(".bios")
     work.mkdir(exist_ok=True)
-    esp = work / "esp.img"
-    esp.unlink(missing_ok=True)
-    run("mkfs.vfat", "-F", "32", "-n", "KSOLOEFI", "-C", str(esp), str(layout.esp_mib * 1024))
-    env = work / "grubenv"
-    env.unlink(missing_ok=True)
-    run("grub-editenv", str(env), "create")
-    run("grub-editenv", str(env), "set", "KSOLO_ACTIVE=A", "KSOLO_TRIAL=", "KSOLO_TRIAL_TRIES=0",
-        f"KSOLO_A_VERSION={version}", "KSOLO_B_VERSION=", "KSOLO_LAST_RESULT=installed",
-        f"KSOLO_LAST_VERSION={version}")
-    run("mmd", "-i", str(esp), "::/grub")
-    run("mcopy", "-i", str(esp), str(env), "::/grub/grubenv")
-    run("dd", f"if={esp}", f"of={path}", "bs=1M", f"seek={layout.offset('KSOLOEFI') // MIB}", "conv=notrunc,sparse",
-        "status=none")
-    run("dd", f"if={image}", f"of={path}", "bs=1M", f"seek={layout.offset('KSOLO_A') // MIB}", "conv=notrunc",
-        "status=none")
-    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "KSOLODATA", "-E", f"offset={layout.offset('KSOLODATA')}",
-        str(path), f"{layout.data_mib * 1024}k")
+    for name in ("bios_boot_img_path", "bios_core_img_path"):
+        run("mcopy", "-n", "-o", "-i", str(esp), "::" + LAYOUT[name], str(work / Path(LAYOUT[name]).name))
+    # boot.img's code (440 bytes) in the MBR, before the partition table; core.img in the bios-boot partition.
+    run("dd", f"if={work / 'boot.img'}", f"of={path}", "bs=440", "count=1", "conv=notrunc", "status=none")
+    run("dd", f"if={work / 'core.img'}", f"of={path}", "bs=512", f"seek={layout.offset(bios_name) // 512}",
+        "conv=notrunc", "status=none")
     shutil.rmtree(work)
-    return path
+    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "KSOLODATA", "-E", f"offset={layout.offset('KSOLODATA')}",
+        str(path), f"{data_mib * 1024}k")
+    return path, layout
 
 
 @dataclass
 class Boot:
-    slot: str
-    trial: bool
-    guest: guest_mod.Guest | None
+    guest: guest_mod.Guest
     started: float
-    note: str = ""
+
+    def booted(self, timeout: float = 300) -> tuple[str, bool, str]:
+        """(slot, trial boot, version) as the node's init logged them (`Booted slot B (version X), trial boot`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = BOOTED.search(self.guest.log)
+            if match:
+                return match.group(1), bool(match.group(3)), match.group(2)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.guest.spec.name}: no 'Booted slot' line in {timeout}s")
+            time.sleep(0.5)
 
 
 @dataclass
 class ABMachine:
-    """One node: the installed disk, booted again and again by the boot-loader stand-in (a thread) until
-    stop(). Each boot has its own serial log; `boots` records what the stand-in chose."""
+    """One node: the installed disk, booted again and again (a thread) until stop(). `boots` lists each boot."""
 
     name: str
     workdir: Path
     disk: Path
     ssh_key: Path
-    layout: Layout = field(default_factory=Layout)
+    firmware: str = "bios"
     memory_mb: int = 448
     ssh_port: int = field(default_factory=guest_mod.free_port)
     boots: list[Boot] = field(default_factory=list)
@@ -167,65 +142,28 @@ class ABMachine:
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    # --- the boot loader stand-in -----------------------------------------------------------
-    def _env_file(self) -> Path:
-        return self.workdir / f"{self.name}.grubenv"
-
-    def read_env(self) -> dict[str, str]:
-        local = self._env_file()
-        local.unlink(missing_ok=True)
-        run("mcopy", "-n", "-i", f"{self.disk}@@{self.layout.offset('KSOLOEFI')}", "::/grub/grubenv", str(local))
-        listed = run("grub-editenv", str(local), "list").stdout
-        return dict(line.split("=", 1) for line in listed.splitlines() if "=" in line)
-
-    def _save_tries(self, tries: int) -> None:
-        local = self._env_file()
-        run("grub-editenv", str(local), "set", f"KSOLO_TRIAL_TRIES={tries}")
-        run("mcopy", "-o", "-n", "-i", f"{self.disk}@@{self.layout.offset('KSOLOEFI')}", str(local),
-            "::/grub/grubenv")
-
-    def choose(self) -> tuple[str, bool]:
-        """grub.cfg's choice, with its save_env of the decremented tries."""
-        env = self.read_env()
-        trial, tries = env.get("KSOLO_TRIAL", ""), env.get("KSOLO_TRIAL_TRIES", "")
-        if trial in ("A", "B") and tries in ("1", "2", "3"):
-            self._save_tries(int(tries) - 1)
-            return trial, True
-        return env.get("KSOLO_ACTIVE", "A"), False
-
-    def _extract(self, slot: str, dest: Path) -> bool:
-        shutil.rmtree(dest, ignore_errors=True)
-        result = subprocess.run(["unsquashfs", "-q", "-n", "-o", str(self.layout.offset(f"KSOLO_{slot}")), "-d",
-                                 str(dest), str(self.disk), "boot/vmlinuz", "boot/initramfs"],
-                                capture_output=True, text=True, timeout=300, check=False)
-        return result.returncode == 0 and (dest / "boot" / "initramfs").exists()
-
     def _loop(self) -> None:
-        failures = 0
         while not self._stop.is_set():
-            slot, trial = self.choose()
-            files = self.workdir / f"{self.name}.slot{slot}"
-            n = len(self.boots)
-            if not self._extract(slot, files):
-                self.boots.append(Boot(slot, trial, None, time.monotonic(), note="slot unreadable"))
-                failures += 1
-                if failures > 3:
-                    return
-                continue
             spec = vmctl.VMSpec(
-                name=f"{self.name}-boot{n}", workdir=self.workdir, kernel=files / "boot" / "vmlinuz",
-                initrd=files / "boot" / "initramfs",
-                append=f"{APPEND} quiet kubesolo.slot={slot}" + (" kubesolo.trial" if trial else ""),
-                disks=[self.disk], memory_mb=self.memory_mb, ssh_port=self.ssh_port, reboot=False,
+                name=f"{self.name}-boot{len(self.boots)}", workdir=self.workdir, disks=[self.disk],
+                firmware=self.firmware, memory_mb=self.memory_mb, ssh_port=self.ssh_port, reboot=False,
             )
+            if self.firmware == "uefi":
+                # One firmware variable store for the machine, as on real hardware.
+                store = self.workdir / f"{self.name}.OVMF_VARS.fd"
+                if not store.exists():
+                    shutil.copyfile(vmctl.OVMF_VARS, store)
+                shutil.copyfile(store, self.workdir / f"{spec.name}.OVMF_VARS.fd")
             with self._lock:
                 if self._stop.is_set():
                     return
                 vmctl.start(spec)
                 vm = guest_mod.Guest(spec, ssh_key=self.ssh_key, allowed_errors=list(self.allowed_errors))
-                self.boots.append(Boot(slot, trial, vm, time.monotonic()))
+                self.boots.append(Boot(vm, time.monotonic()))
             while not self._stop.is_set() and self._qemu_alive(spec):
                 time.sleep(0.5)
+            if self.firmware == "uefi":
+                shutil.copyfile(self.workdir / f"{spec.name}.OVMF_VARS.fd", self.workdir / f"{self.name}.OVMF_VARS.fd")
 
     @staticmethod
     def _qemu_alive(spec: vmctl.VMSpec) -> bool:
@@ -246,7 +184,7 @@ class ABMachine:
     def current(self) -> guest_mod.Guest:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.boots and self.boots[-1].guest is not None:
+            if self.boots:
                 return self.boots[-1].guest
             time.sleep(0.2)
         raise AssertionError(f"{self.name}: no boot started ({self.boots})")
@@ -255,7 +193,7 @@ class ABMachine:
         """Wait until the stand-in has started boot number `count` (1-based); returns it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if len(self.boots) >= count and self.boots[count - 1].guest is not None:
+            if len(self.boots) >= count:
                 return self.boots[count - 1]
             if self._thread is not None and not self._thread.is_alive():
                 break
@@ -271,9 +209,9 @@ class ABMachine:
     def power_cut(self) -> None:
         """Pull the plug: SIGKILL to the running QEMU (no shutdown, no cache flush of the guest)."""
         with self._lock:
-            vm = self.boots[-1].guest if self.boots else None
-            if vm is None:
+            if not self.boots:
                 return
+            vm = self.boots[-1].guest
             try:
                 pid = int(vm.spec.pidfile.read_text().strip())
                 os.kill(pid, signal.SIGKILL)
@@ -284,22 +222,19 @@ class ABMachine:
         self._stop.set()
         with self._lock:
             for boot in self.boots:
-                if boot.guest is not None:
-                    boot.guest.stop()
+                boot.guest.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
     def logs(self) -> str:
-        return "".join(f"--- boot {i} slot {b.slot}{' trial' if b.trial else ''} {b.note}\n"
-                       + (b.guest.log if b.guest else "") for i, b in enumerate(self.boots))
+        return "".join(f"--- boot {i} ({b.guest.spec.name})\n" + b.guest.log for i, b in enumerate(self.boots))
 
     def unexpected_errors(self) -> list[str]:
-        return [f"{self.name} boot {i}: {line}" for i, b in enumerate(self.boots) if b.guest
+        return [f"{self.name} boot {i}: {line}" for i, b in enumerate(self.boots)
                 for line in b.guest.unexpected_errors()]
 
     def allow_errors(self, *patterns: str) -> None:
         """[ERROR] lines this test provokes on purpose, in every boot (past and future)."""
         self.allowed_errors.extend(patterns)
         for boot in self.boots:
-            if boot.guest is not None:
-                boot.guest.allow_errors(*patterns)
+            boot.guest.allow_errors(*patterns)

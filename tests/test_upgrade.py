@@ -1,9 +1,8 @@
 """A/B upgrades in QEMU: playbooks/upgrade.yml and rollback.yml against booted nodes (issue 17).
 
-Each node is an installed disk booted by tests/ab_machine.py (a TEST DOUBLE of the installed disk's boot
-loader that follows the agreed grub.cfg logic: GRUB's environment on the ESP, a boot counter, kubesolo.slot=,
-kubesolo.trial, panic=10 and -no-reboot so every reset goes back through it). Everything on the node is the
-product: the slot agent, the watchdog, kubesolo-slot, the init, the data partition. Builds:
+Each node is an installed disk (tests/ab_machine.py: the build's ESP image with GRUB and the A/B grub.cfg, its
+slot image in slot A, the layout of files/installed-disk.yml) booted under SeaBIOS or OVMF with -no-reboot, so
+every reset goes through the real GRUB and its boot counter. Everything on the node is the product. Builds:
 
 - v1: the suite's test image (0.1.0, tests/build-vars.yml), installed in slot A once per session; each test
   boots its own sparse copy of that disk;
@@ -25,7 +24,7 @@ import guest
 import kubesolo_double
 import pytest
 import yaml
-from ab_machine import ABMachine, make_installed_disk, slot_image
+from ab_machine import ABMachine, make_installed_disk
 from conftest import ARTIFACTS, BUILD_VARS, REPO, ansible_playbook, ensure_ssh_key, tool_env
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
@@ -44,34 +43,31 @@ def build_variant(name: str, version: str, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def v1(built_image) -> Path:
-    return slot_image(built_image.output, REPO / "build" / "test" / "ab-slot")
+    return built_image.output
 
 
 @pytest.fixture(scope="session")
 def v2() -> Path:
-    output = build_variant("v2", "0.2.0")
-    return slot_image(output, output.parent / "ab-slot")
+    return build_variant("v2", "0.2.0")
 
 
 @pytest.fixture(scope="session")
 def never_healthy() -> Path:
     double = kubesolo_double.build(REPO / "build" / "test-double-never" / "kubesolo", mode="never")
-    output = build_variant("never", "0.2.0-never", "-e", f"kubesolo_binary_src={double}",
-                           "-e", "init_upgrade_health_timeout=60")
-    return slot_image(output, output.parent / "ab-slot")
+    return build_variant("never", "0.2.0-never", "-e", f"kubesolo_binary_src={double}",
+                         "-e", "init_upgrade_health_timeout=60")
 
 
 @pytest.fixture(scope="session")
 def panics() -> Path:
     double = kubesolo_double.build(REPO / "build" / "test-double-exit" / "kubesolo", mode="exit")
-    output = build_variant("panic", "0.2.0-panic", "-e", f"kubesolo_binary_src={double}", "-e", "init_handover=exec")
-    return slot_image(output, output.parent / "ab-slot")
+    return build_variant("panic", "0.2.0-panic", "-e", f"kubesolo_binary_src={double}", "-e", "init_handover=exec")
 
 
 @pytest.fixture(scope="session")
 def installed_disk(v1: Path) -> Path:
     """The v1 installed disk, made once; tests boot copies of it."""
-    return make_installed_disk(ARTIFACTS / "upgrade" / "installed-v1.img", v1)
+    return make_installed_disk(ARTIFACTS / "upgrade" / "installed-v1.img", v1)[0]
 
 
 @pytest.fixture
@@ -83,10 +79,10 @@ def machines(installed_disk: Path, request):
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
 
-    def make(name: str = "node-1") -> ABMachine:
+    def make(name: str = "node-1", firmware: str = "bios") -> ABMachine:
         disk = workdir / f"{name}.img"
         subprocess.run(["cp", "--sparse=always", str(installed_disk), str(disk)], check=True, timeout=120)
-        machine = ABMachine(name=name, workdir=workdir, disk=disk, ssh_key=ensure_ssh_key())
+        machine = ABMachine(name=name, workdir=workdir, disk=disk, ssh_key=ensure_ssh_key(), firmware=firmware)
         started.append(machine)
         return machine.start()
 
@@ -121,20 +117,22 @@ def status(machine: ABMachine) -> dict[str, str]:
 
 def first_boot(machine: ABMachine) -> None:
     """Boot 1 (slot A, v1) up to the handover and SSH; write the data the upgrade must keep."""
-    vm = machine.wait_boot(1).guest
-    assert vm is not None
-    vm.wait_booted(timeout=400)
-    vm.wait(r"Booted slot A \(version 0\.1\.0\)", timeout=10)
+    boot = machine.wait_boot(1)
+    boot.guest.wait_booted(timeout=400)
+    assert boot.booted() == ("A", False, "0.1.0")
     machine.wait_ssh()
 
 
 def summary(result: subprocess.CompletedProcess[str], host: str) -> str:
-    lines = [m for m in re.findall(r'"msg": "(' + re.escape(host) + r': [^"]*)"', result.stdout)]
+    """The node's line of the play summary (the task `Summary of the node`)."""
+    lines = re.findall(r'"msg": "(' + re.escape(host) + r': [^"]*; running [^"]*)"', result.stdout)
     return lines[-1] if lines else ""
 
 
-def test_upgrade_keeps_data_then_noop_then_rollback_on_request(machines, v2: Path, tmp_path: Path) -> None:
-    node = machines()
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_upgrade_keeps_data_then_noop_then_rollback_on_request(machines, v2: Path, tmp_path: Path,
+                                                                firmware: str) -> None:
+    node = machines(firmware=firmware)
     first_boot(node)
     node.ssh(f"echo kubesolo-state-before-upgrade > {STATE_FILE}")
     hostname = node.ssh("hostname").stdout.strip()
@@ -157,14 +155,13 @@ def test_upgrade_keeps_data_then_noop_then_rollback_on_request(machines, v2: Pat
     line = summary(result, "node-1")
     assert line.startswith("node-1: upgraded; running 0.2.0 from slot B (active B); slot A 0.1.0, slot B 0.2.0; "
                            "last result upgraded 0.2.0"), line
-    print(f"upgrade of one node: {elapsed:.0f} s in all; {line}")
-    (ARTIFACTS / "upgrade" / "timings.txt").open("a").write(f"upgrade {elapsed:.0f}s {line}\n")
+    print(f"upgrade of one node ({firmware}): {elapsed:.0f} s in all; {line}")
+    with (ARTIFACTS / "upgrade" / "timings.txt").open("a") as timings:
+        timings.write(f"upgrade {firmware} {elapsed:.0f}s {line}\n")
 
     trial = node.boots[1]
-    assert (trial.slot, trial.trial) == ("B", True)
-    assert trial.guest is not None
-    trial.guest.wait(r"Booted slot B \(version 0\.2\.0\), trial boot",
-                     r"\[OK\] Slot B \(version 0\.2\.0\) is healthy: marked good", timeout=5)
+    assert trial.booted() == ("B", True, "0.2.0")
+    trial.guest.wait(r"\[OK\] Slot B \(version 0\.2\.0\) is healthy: marked good", timeout=5)
     state = status(node)
     assert (state["booted"], state["active"], state["trial"], state["running_version"]) == ("B", "B", "", "0.2.0")
     assert node.ssh(f"cat {STATE_FILE}").stdout.strip() == "kubesolo-state-before-upgrade"
@@ -182,7 +179,7 @@ def test_upgrade_keeps_data_then_noop_then_rollback_on_request(machines, v2: Pat
     # Back to the other slot on request.
     back = play("playbooks/rollback.yml", inv)
     assert back.returncode == 0, back.stdout[-6000:] + back.stderr
-    assert (node.boots[-1].slot, node.boots[-1].trial) == ("A", False)
+    assert node.boots[-1].booted() == ("A", False, "0.1.0")
     state = status(node)
     assert (state["booted"], state["active"], state["running_version"], state["last_result"]) == \
         ("A", "A", "0.1.0", "switched")
@@ -204,16 +201,17 @@ def test_broken_build_rolls_back_by_itself(machines, broken: str, request, tmp_p
     assert line.startswith("node-1: rolled back; running 0.1.0 from slot A (active A)"), result.stdout[-6000:]
     assert "last result rolled-back 0.2.0-" in line
     assert "did not become healthy" in result.stdout
-    (ARTIFACTS / "upgrade" / "timings.txt").open("a").write(f"rollback {broken} {elapsed:.0f}s {line}\n")
-    slots = [(b.slot, b.trial) for b in node.boots]
+    with (ARTIFACTS / "upgrade" / "timings.txt").open("a") as timings:
+        timings.write(f"rollback {broken} {elapsed:.0f}s {line}\n")
+    slots = [b.booted()[:2] for b in node.boots]
     assert slots == [("A", False), ("B", True), ("A", False)], slots
-    trial_log = node.boots[1].guest.log  # type: ignore[union-attr]
+    trial_log = node.boots[1].guest.log
     if broken == "panics":
         assert "Kernel panic" in trial_log and "[kubesolo-test-double] refused: built to exit" in trial_log
     else:
         assert "never-healthy: not serving :6443" in trial_log
         assert "Rebooting into the active slot (rollback)" in trial_log
-    node.boots[2].guest.wait(r"\[WARN\] The trial boot of slot B \(version 0\.2\.0-[a-z]+\) failed: "  # type: ignore[union-attr]
+    node.boots[2].guest.wait(r"\[WARN\] The trial boot of slot B \(version 0\.2\.0-[a-z]+\) failed: "
                              r"rolled back to slot A \(version 0\.1\.0\)", timeout=120)
     state = status(node)
     assert (state["booted"], state["active"], state["trial"], state["last_result"]) == ("A", "A", "", "rolled-back")
@@ -235,8 +233,8 @@ def test_power_cuts_while_writing_and_after_arming(machines, v2: Path) -> None:
         node.power_cut()
         writer.wait(timeout=60)
     boot = node.wait_boot(2)
-    assert (boot.slot, boot.trial) == ("A", False)
-    boot.guest.wait_booted(timeout=400)  # type: ignore[union-attr]
+    assert boot.booted() == ("A", False, "0.1.0")
+    boot.guest.wait_booted(timeout=400)
     node.wait_ssh()
     state = status(node)
     assert (state["active"], state["b_version"], state["trial"]) == ("A", "", "")
@@ -247,8 +245,8 @@ def test_power_cuts_while_writing_and_after_arming(machines, v2: Path) -> None:
     node.ssh("/usr/lib/kubesolo-os/kubesolo-slot arm B")
     node.power_cut()
     boot = node.wait_boot(3)
-    assert (boot.slot, boot.trial) == ("B", True)
-    boot.guest.wait(r"\[OK\] Slot B \(version 0\.2\.0\) is healthy: marked good", timeout=600)  # type: ignore[union-attr]
+    assert boot.booted() == ("B", True, "0.2.0")
+    boot.guest.wait(r"\[OK\] Slot B \(version 0\.2\.0\) is healthy: marked good", timeout=600)
     node.wait_ssh()
     state = status(node)
     assert (state["booted"], state["active"], state["last_result"]) == ("B", "B", "upgraded")
