@@ -27,6 +27,7 @@ from pathlib import Path
 import guest as guest_mod
 import vmctl
 import yaml
+from ansible_collections.kubesolo.os.plugins.module_utils import disk_install
 
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -42,57 +43,28 @@ def manifest(output: Path) -> dict:
     return json.loads((output / "manifest.json").read_text())
 
 
-def slot_size_mib(slot_bytes: int) -> int:
-    """The install's default slot size (files/installed-disk.yml): max(minimum, factor x image), in steps."""
-    step = LAYOUT["slot_size_step_mib"]
-    want = max(LAYOUT["slot_min_size_mib"], LAYOUT["slot_image_factor"] * slot_bytes / MIB)
-    return int(-(-want // step) * step)
+def partition_offsets(disk: Path) -> dict[str, int]:
+    """GPT partition name -> byte offset, as sfdisk reads the disk's table."""
+    table = json.loads(run("sfdisk", "-J", str(disk)).stdout)["partitiontable"]
+    return {part["name"]: part["start"] * 512 for part in table["partitions"]}
 
 
-@dataclass
-class Layout:
-    """Partition offsets (bytes) of the installed disk: files/installed-disk.yml with this slot size."""
-
-    slot_mib: int
-    data_mib: int = 256
-
-    def parts(self) -> list[tuple[str, str, int]]:
-        out = []
-        for part in LAYOUT["partitions"]:
-            size = part.get("size_mib") or (self.slot_mib if part.get("slot") else self.data_mib)
-            out.append((part["name"], part["type"], size))
-        return out
-
-    def offset(self, name: str) -> int:
-        start = LAYOUT["first_sector"] * 512
-        for part, _, size in self.parts():
-            if part == name:
-                return start
-            start += size * MIB
-        raise KeyError(name)
-
-    @property
-    def disk_bytes(self) -> int:
-        return LAYOUT["first_sector"] * 512 + sum(size for _, _, size in self.parts()) * MIB + MIB
-
-
-def make_installed_disk(path: Path, output: Path, data_mib: int = 256) -> tuple[Path, Layout]:
-    """The disk an install of the build in `output` gives (see the module's docstring)."""
+def make_installed_disk(path: Path, output: Path, data_mib: int = 256) -> Path:
+    """The disk an install of the build in `output` gives (see the module's docstring); the partition table
+    and the slot size are the install's own (module_utils/disk_install.py: sfdisk_script, slot_size_sectors)."""
     info = manifest(output)
     slot, esp = output / info["slot_image"]["file"], output / info["esp_image"]["file"]
-    layout = Layout(slot_mib=slot_size_mib(slot.stat().st_size), data_mib=data_mib)
+    slot_sectors = disk_install.slot_size_sectors(LAYOUT, slot.stat().st_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     with path.open("wb") as handle:
-        handle.truncate(layout.disk_bytes)
-    table = "label: gpt\n" + "".join(f"size={size}MiB, type={kind}, name={name}\n"
-                                      for name, kind, size in layout.parts())
-    run("sfdisk", "-q", str(path), input=table)
+        handle.truncate(disk_install.needed_sectors(LAYOUT, slot_sectors, data_mib, True) * 512)
+    run("sfdisk", "-q", str(path), input=disk_install.sfdisk_script(LAYOUT, slot_sectors, True))
+    offsets = partition_offsets(path)
     names = {p["number"]: p["name"] for p in LAYOUT["partitions"]}
     esp_name, bios_name = names[2], names[1]
-    run("dd", f"if={esp}", f"of={path}", "bs=1M", f"seek={layout.offset(esp_name) // MIB}", "conv=notrunc",
-        "status=none")
-    run("dd", f"if={slot}", f"of={path}", "bs=1M", f"seek={layout.offset('KSOLO_A') // MIB}", "conv=notrunc",
+    run("dd", f"if={esp}", f"of={path}", "bs=1M", f"seek={offsets[esp_name] // MIB}", "conv=notrunc", "status=none")
+    run("dd", f"if={slot}", f"of={path}", "bs=1M", f"seek={offsets['KSOLO_A'] // MIB}", "conv=notrunc",
         "status=none")
     work = path.with_suffix(".bios")
     work.mkdir(exist_ok=True)
@@ -100,12 +72,12 @@ def make_installed_disk(path: Path, output: Path, data_mib: int = 256) -> tuple[
         run("mcopy", "-n", "-o", "-i", str(esp), "::" + LAYOUT[name], str(work / Path(LAYOUT[name]).name))
     # boot.img's code (440 bytes) in the MBR, before the partition table; core.img in the bios-boot partition.
     run("dd", f"if={work / 'boot.img'}", f"of={path}", "bs=440", "count=1", "conv=notrunc", "status=none")
-    run("dd", f"if={work / 'core.img'}", f"of={path}", "bs=512", f"seek={layout.offset(bios_name) // 512}",
+    run("dd", f"if={work / 'core.img'}", f"of={path}", "bs=512", f"seek={offsets[bios_name] // 512}",
         "conv=notrunc", "status=none")
     shutil.rmtree(work)
-    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "KSOLODATA", "-E", f"offset={layout.offset('KSOLODATA')}",
-        str(path), f"{data_mib * 1024}k")
-    return path, layout
+    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "KSOLODATA", "-E", f"offset={offsets['KSOLODATA']}", str(path),
+        f"{(path.stat().st_size - offsets['KSOLODATA']) // 1024 - 64}k")
+    return path
 
 
 @dataclass

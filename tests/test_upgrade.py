@@ -67,7 +67,7 @@ def panics() -> Path:
 @pytest.fixture(scope="session")
 def installed_disk(v1: Path) -> Path:
     """The v1 installed disk, made once; tests boot copies of it."""
-    return make_installed_disk(ARTIFACTS / "upgrade" / "installed-v1.img", v1)[0]
+    return make_installed_disk(ARTIFACTS / "upgrade" / "installed-v1.img", v1)
 
 
 @pytest.fixture
