@@ -176,7 +176,11 @@ def test_upgrade_keeps_data_then_noop_then_rollback_on_request(machines, v2: Pat
     assert re.search(r"node-1\s+: ok=\d+\s+changed=0 ", again.stdout), again.stdout[-2000:]
     assert len(node.boots) == 2
 
-    # Back to the other slot on request.
+    # Back to the other slot on request: first the plan only, then for real.
+    plan = play("playbooks/rollback.yml", inv, "--check")
+    assert plan.returncode == 0, plan.stdout[-4000:]
+    assert "switch to slot A (0.1.0) and reboot" in plan.stdout and len(node.boots) == 2
+    assert status(node)["active"] == "B"
     back = play("playbooks/rollback.yml", inv)
     assert back.returncode == 0, back.stdout[-6000:] + back.stderr
     assert node.boots[-1].booted() == ("A", False, "0.1.0")
