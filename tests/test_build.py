@@ -25,7 +25,9 @@ def test_outputs_exist_and_match_sha256sums(built_image):
     sums = (built_image.output / "SHA256SUMS").read_text().splitlines()
     listed = dict(reversed(line.split("  ", 1)) for line in sums)
     image = next(built_image.output.glob("kubesolo-os-*-amd64.img")).name  # roles/disk_image
-    assert set(listed) == {built_image.iso.name, image, "vmlinuz", "initramfs"}
+    slot = next(built_image.output.glob("kubesolo-os-*-amd64-slot.img")).name  # roles/slot_image
+    esp = next(built_image.output.glob("kubesolo-os-*-amd64-esp.img")).name
+    assert set(listed) == {built_image.iso.name, image, slot, esp, "vmlinuz", "initramfs"}
     for name, digest in listed.items():
         assert sha256(built_image.output / name) == digest, name
 

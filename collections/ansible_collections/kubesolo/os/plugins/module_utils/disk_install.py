@@ -178,8 +178,8 @@ def choose_disk(disks: list[Disk], layout: dict[str, Any], device: str, wipe: bo
         elif not installed and disk.signatures():
             sigs = "; ".join(disk.signatures())
             if not (named and wipe):
-                reasons.append(f"not blank: {sigs}" + (" (name it with install_wipe: true to erase it)" if named
-                                                      else ""))
+                hint = " (name it with install_wipe: true to erase it)" if named else ""
+                reasons.append(f"not blank: {sigs}{hint}")
         return reasons
 
     if device:

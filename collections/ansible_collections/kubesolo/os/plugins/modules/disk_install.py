@@ -15,8 +15,8 @@ version_added: "0.2.0"
 description:
   - Writes the installed-disk layout (O(layout), the contents of C(files/installed-disk.yml)) onto a disk of the
     managed host, a KubeSolo OS node booted from the ISO or a USB stick (over SSH, no Python needed) or the
-    controller itself: a GPT with a bios-boot partition (GRUB's core.img), the EFI system partition (written
-    from O(esp_image): GRUB for UEFI, the A/B menu, the GRUB environment with slot A active), slots A and B,
+    controller itself - a GPT with a bios-boot partition (GRUB's core.img), the EFI system partition (written
+    from O(esp_image) - GRUB for UEFI, the A/B menu, the GRUB environment with slot A active), slots A and B,
     and the data partition (ext4 labelled O(label), the rest of the disk). Slot A gets O(slot_image); GRUB's
     boot code goes into the MBR.
   - "Safety rules (those of provision-data.yml and flash-usb.yml): never the boot medium or a disk in use, never
