@@ -272,3 +272,15 @@ def test_never_healthy_mode_starts_but_never_serves_the_api_port(tmp_path: Path)
         assert "[kubesolo-test-double] never-healthy: not serving :6443" in report
         assert "listening on" not in report
         assert report.rstrip().endswith("[kubesolo-test-double] stopping")
+
+
+def test_exit_mode_refuses_at_once(tmp_path: Path):
+    """The panic test's stand-in (tests/test_upgrade.py): it reports, then exits 1 like a fatal start-up error;
+    as PID 1 under the exec handover that panics the kernel."""
+    status, report, _ = run_double(kubesolo_double.build(tmp_path / "exit" / "kubesolo", mode="exit"),
+                                   base_args(tmp_path))
+    assert status == 1
+    assert "[kubesolo-test-double] refused: built to exit (test double mode exit)" in report
+    assert "listening on" not in report and "running" not in report
+    with pytest.raises(ValueError, match="unknown test double mode 'sometimes'"):
+        kubesolo_double.build(tmp_path / "x" / "kubesolo", mode="sometimes")
