@@ -7,7 +7,7 @@ needs from the OS (see main.go). It is built offline from Debian's packages (req
 golang-go, golang-gopkg-alecthomas-kingpin.v2-dev) as a static binary, with GOPATH mode
 (GO111MODULE=off, GOPATH=/usr/share/gocode). The build is skipped while the source is unchanged.
 
-Usage: python3 tests/kubesolo_double.py [DEST]   (default: build/test-double/kubesolo)
+Usage: python3 tests/kubesolo_double.py [--never-healthy] [DEST]   (default: build/test-double/kubesolo)
 """
 
 from __future__ import annotations
@@ -55,18 +55,25 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
-def build(dest: Path = DEFAULT_DEST) -> Path:
+def build(dest: Path = DEFAULT_DEST, *, never_healthy: bool = False, mode: str = "serve") -> Path:
     """Build the double into dest (if its source changed); returns dest. Raises RuntimeError with
-    the compiler's output when the build fails (for example without Debian's Go packages)."""
+    the compiler's output when the build fails (for example without Debian's Go packages).
+    mode (main.healthMode, see main.go): serve (default); never (never_healthy=True: never serves :6443);
+    exit (refuses at once: PID 1 under the exec handover, so the kernel panics)."""
+    if never_healthy:
+        mode = "never"
+    if mode not in ("serve", "never", "exit"):
+        raise ValueError(f"unknown test double mode {mode!r}: serve, never or exit")
     dest.parent.mkdir(parents=True, exist_ok=True)
     stamp = dest.with_name(dest.name + ".sha256")
-    want = source_digest()
+    ldflags = "-s -w" + (f" -X main.healthMode={mode}" if mode != "serve" else "")
+    want = source_digest() + (f" {mode}" if mode != "serve" else "")
     if dest.exists() and stamp.exists() and stamp.read_text().strip() == want:
         return dest
     env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, CGO_ENABLED="0", GOFLAGS="",
                GOCACHE=str(dest.parent / "gocache"))
     tmp = dest.with_name(dest.name + ".tmp")
-    result = subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."],
+    result = subprocess.run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "."],
                             cwd=SOURCE, env=env, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"building the KubeSolo test double failed (go build in {SOURCE}):\n"
@@ -77,4 +84,5 @@ def build(dest: Path = DEFAULT_DEST) -> Path:
 
 
 if __name__ == "__main__":
-    print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DEST))
+    args = [arg for arg in sys.argv[1:] if arg != "--never-healthy"]
+    print(build(Path(args[0]) if args else DEFAULT_DEST, never_healthy="--never-healthy" in sys.argv[1:]))

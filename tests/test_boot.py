@@ -294,6 +294,10 @@ def test_iso_entry_nopersist_keeps_the_data_partition_unmounted(boot, tmp_path):
     assert re.search(r"^tmpfs /mnt/data tmpfs ", mounts, re.M)
     assert host.mount_point("/var/lib/kubesolo").exists
     assert "kubesolo.nopersist" in host.file("/proc/cmdline").content_string
+    # Booted from the ISO: no A/B slot (issue 17), and it says so.
+    assert re.search(r"\[kubesolo-init\] \[ *[0-9.]+\] Booted from a removable or boot medium \(no slot\)", vm.log)
+    assert "KUBESOLO_OS_SLOT=none" in host.file("/etc/os-release").content_string.splitlines()
+    assert "booted=none" in host.file("/run/kubesolo-os/slot-state").content_string.splitlines()
     assert_left_rootfs(host)
     assert_kubesolo_alive(vm)
 

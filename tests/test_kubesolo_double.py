@@ -273,3 +273,27 @@ def test_meminfo_line_is_what_the_shared_parser_reads(double: Path, tmp_path: Pa
     assert memory.mem_total_kb == int(host["MemTotal"])
     assert 0 < memory.in_use_mb < memory.mem_total_kb * 1024 / kubesolo_double.MB
     assert kubesolo_double.meminfo("[kubesolo-test-double] running\n") is None
+
+
+def test_never_healthy_mode_starts_but_never_serves_the_api_port(tmp_path: Path):
+    """The rollback tests' stand-in (tests/test_upgrade.py): it still checks and reports everything, runs
+    until stopped, and never listens on :6443. Built with --never-healthy, or the variable on the host."""
+    never = kubesolo_double.build(tmp_path / "never" / "kubesolo", never_healthy=True)
+    for binary, env in ((never, {}), (kubesolo_double.build(), {"KUBESOLO_TEST_DOUBLE_NEVER_HEALTHY": "1"})):
+        status, report, stderr = run_double(binary, base_args(tmp_path), env=env)
+        assert status == 0, stderr
+        assert "[kubesolo-test-double] never-healthy: not serving :6443" in report
+        assert "listening on" not in report
+        assert report.rstrip().endswith("[kubesolo-test-double] stopping")
+
+
+def test_exit_mode_refuses_at_once(tmp_path: Path):
+    """The panic test's stand-in (tests/test_upgrade.py): it reports, then exits 1 like a fatal start-up error;
+    as PID 1 under the exec handover that panics the kernel."""
+    status, report, _ = run_double(kubesolo_double.build(tmp_path / "exit" / "kubesolo", mode="exit"),
+                                   base_args(tmp_path))
+    assert status == 1
+    assert "[kubesolo-test-double] refused: built to exit (test double mode exit)" in report
+    assert "listening on" not in report and "running" not in report
+    with pytest.raises(ValueError, match="unknown test double mode 'sometimes'"):
+        kubesolo_double.build(tmp_path / "x" / "kubesolo", mode="sometimes")

@@ -27,7 +27,14 @@
 //	[kubesolo-test-double] listening on :6443
 //	[kubesolo-test-double] running
 //
-// serves TCP port 6443 (KubeSolo's API port: a health gate can check it), and waits. SIGTERM or
+// serves TCP port 6443 (KubeSolo's API port: a health gate can check it), and waits. In the NEVER-HEALTHY
+// mode it does all of the above but never serves the port (it prints "never-healthy: not serving :6443"
+// instead of "listening on :6443") and waits: a KubeSolo that starts and never becomes healthy, for the
+// A/B upgrade's rollback tests (tests/test_upgrade.py). The mode is chosen at build time
+// (tests/kubesolo_double.py --never-healthy links main.healthMode=never) or, for host-side tests, with
+// KUBESOLO_TEST_DOUBLE_NEVER_HEALTHY=1. In the EXIT mode (main.healthMode=exit) it refuses at once after its
+// report ("refused: built to exit"): with the exec handover, where it is PID 1, the kernel panics (a broken
+// build whose kernel panics, for the same tests). SIGTERM or
 // SIGINT prints "... stopping" and exits 0. A refusal prints "[kubesolo-test-double] refused: <why>"
 // and exits 1, as KubeSolo exits on a fatal start-up error.
 // `--version` prints a version string and exits 0.
@@ -54,6 +61,9 @@ const (
 	probeEnv   = "KUBESOLO_TEST_DOUBLE_PIVOT_PROBE"
 	apiAddress = ":6443"
 )
+
+// healthMode: "serve" (default), "never" or "exit" (set with go build -ldflags "-X main.healthMode=never").
+var healthMode = "serve"
 
 var (
 	app = kingpin.New("kubesolo", "TEST DOUBLE of KubeSolo: parses KubeSolo's flags, checks what KubeSolo needs, runs nothing.")
@@ -255,21 +265,28 @@ func main() {
 	checkNodeIP()
 	checkPivotRoot(*path)
 
-	listener, err := net.Listen("tcp", apiAddress)
-	if err != nil {
-		refuse("cannot listen on %s: %v", apiAddress, err)
+	if healthMode == "exit" {
+		refuse("built to exit (test double mode exit)")
 	}
-	go func() {
-		for {
-			conn, err := listener.Accept()
-			if err != nil {
-				return
-			}
-			conn.Write([]byte(tag + " ok\n"))
-			conn.Close()
+	if healthMode == "never" || os.Getenv("KUBESOLO_TEST_DOUBLE_NEVER_HEALTHY") == "1" {
+		say("never-healthy: not serving %s", apiAddress)
+	} else {
+		listener, err := net.Listen("tcp", apiAddress)
+		if err != nil {
+			refuse("cannot listen on %s: %v", apiAddress, err)
 		}
-	}()
-	say("listening on %s", apiAddress)
+		go func() {
+			for {
+				conn, err := listener.Accept()
+				if err != nil {
+					return
+				}
+				conn.Write([]byte(tag + " ok\n"))
+				conn.Close()
+			}
+		}()
+		say("listening on %s", apiAddress)
+	}
 
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
