@@ -28,6 +28,7 @@ import guest as guest_mod
 import vmctl
 import yaml
 from ansible_collections.kubesolo.os.plugins.module_utils import disk_install
+from contract import CONTRACT
 
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -59,9 +60,9 @@ def make_installed_disk(path: Path, output: Path, data_mib: int = 256) -> Path:
     path.unlink(missing_ok=True)
     with path.open("wb") as handle:
         handle.truncate(disk_install.needed_sectors(LAYOUT, slot_sectors, data_mib, True) * 512)
-    run("sfdisk", "-q", str(path), input=disk_install.sfdisk_script(LAYOUT, slot_sectors, True))
+    run("sfdisk", "-q", str(path), input=disk_install.sfdisk_script(LAYOUT, slot_sectors, True, CONTRACT["data_label"]))
     offsets = partition_offsets(path)
-    names = {p["number"]: p["name"] for p in LAYOUT["partitions"]}
+    names = {p["number"]: p["name"] for p in LAYOUT["partitions"] if not p.get("data")}
     esp_name, bios_name = names[2], names[1]
     run("dd", f"if={esp}", f"of={path}", "bs=1M", f"seek={offsets[esp_name] // MIB}", "conv=notrunc", "status=none")
     run("dd", f"if={slot}", f"of={path}", "bs=1M", f"seek={offsets['KSOLO_A'] // MIB}", "conv=notrunc",
