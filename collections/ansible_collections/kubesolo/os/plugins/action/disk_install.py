@@ -13,7 +13,6 @@ import os
 import subprocess
 from typing import Any
 
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.kubesolo.os.plugins.module_utils.disk_install import (
     ARGUMENT_SPEC,
@@ -21,6 +20,7 @@ from ansible_collections.kubesolo.os.plugins.module_utils.disk_install import (
     InstallError,
     install,
 )
+from ansible_collections.kubesolo.os.plugins.plugin_utils.action import KubesoloAction
 
 display = Display()
 CHUNK = 64 * 1024
@@ -77,16 +77,11 @@ def load_images(params: dict[str, Any]) -> Images:
                   esp_files={path: _sha256(data) for path, data in files.items()})
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(KubesoloAction):
     _requires_connection = True
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        self._supports_check_mode = True
-        self._supports_async = False
-        result = super().run(tmp, task_vars)
-        del tmp
-        _validation, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        result, params = self.begin(tmp, task_vars, ARGUMENT_SPEC)
 
         def run(command: str) -> tuple[int, str, str]:
             display.vvvv(f"disk_install: {command}")

@@ -12,20 +12,14 @@ from typing import Any
 from ansible import constants as C
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
-from ansible.plugins.action import ActionBase
 from ansible.template import trust_as_template
+from ansible_collections.kubesolo.os.plugins.plugin_utils.action import KubesoloAction
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-
+class ActionModule(KubesoloAction):
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        self._supports_check_mode = True
-        self._supports_async = False
-        result = super().run(tmp, task_vars)
-        del tmp
+        result, args = self.begin(tmp, task_vars)
         task_vars = task_vars or {}
-        args = dict(self._task.args)
         files = []
         for entry in args.get("files") or []:
             if not isinstance(entry, dict):

@@ -7,26 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.kubesolo.os.plugins.module_utils.ksolodata import KsolodataError, provision
 from ansible_collections.kubesolo.os.plugins.modules.ksolodata import ARGUMENT_SPEC, provision_params
+from ansible_collections.kubesolo.os.plugins.plugin_utils.action import KubesoloAction
 
 display = Display()
 
 PYTHON_PROBE = "command -v python3 >/dev/null 2>&1 && echo yes || echo no"
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(KubesoloAction):
     _requires_connection = True
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        self._supports_check_mode = True
-        self._supports_async = False
-        result = super().run(tmp, task_vars)
-        del tmp
-        _validation, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        result, params = self.begin(tmp, task_vars, ARGUMENT_SPEC)
         executor = params["executor"]
         if executor == "auto":
             if self._connection.transport == "local":
