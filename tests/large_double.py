@@ -17,12 +17,16 @@ PADDING = 256 * MIB
 
 
 def sha256(path: Path) -> str:
-    """SHA256 of a file, read in 4 MiB blocks (hex)."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file (hex): what manifest.json and SHA256SUMS record."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(4 * MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def sha512(path: Path) -> str:
+    """SHA-512 of a file (hex): what the init checks the system image against (manifest.json's
+    kubesolo.system_image.sha512)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha512").hexdigest()
 
 
 def build(dest: Path, padding: int = PADDING) -> Path:

@@ -110,6 +110,7 @@ def test_boot_partition_holds_kernel_initramfs_syslinux_and_grub(built_image):
     system = manifest["kubesolo"]["system_image"]
     sysimage = fat_read(image, MIB, system["media_path"])
     assert hashlib.sha256(sysimage).hexdigest() == system["sha256"] and len(sysimage) == system["size"]
+    assert hashlib.sha512(sysimage).hexdigest() == system["sha512"]  # what the init checks at boot
     listing = fat_list(image, MIB, "/syslinux")
     for name in ("ldlinux.sys", "ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32", "syslinux.cfg"):
         assert re.search(rf"/{re.escape(name)}$", listing, re.M | re.I), (name, listing)

@@ -53,7 +53,8 @@ def _run_role(workdir: Path, layers: Path, extra_vars: dict | None = None, *, ex
                 "kubesolo_os_epoch": EPOCH,
                 # What the kubesolo role records about the system image (stage 20 verifies it).
                 "kubesolo_binary_path": "/" + LIBDIR + "/bin/kubesolo",
-                "kubesolo_sysimage": {"sha256": "0" * 64, "size": 4096, "image_path": "/" + LIBDIR + "/kubesolo.sqfs"},
+                "kubesolo_sysimage": {"sha256": "0" * 64, "sha512": "0" * 128, "size": 4096,
+                                      "image_path": "/" + LIBDIR + "/kubesolo.sqfs"},
             },
             "roles": ["init"],
         }

@@ -130,8 +130,10 @@ def test_large_binary_builds_with_default_sizes(large_image, tmp_path):
     subprocess.run(["mcopy", "-n", "-i", f"{image}@@{MIB}", f"::{SYSIMAGE}", str(on_stick)], check=True,
                    env=MTOOLS_ENV, timeout=300)
     assert large_double.sha256(on_stick) == system["sha256"]
+    assert large_double.sha512(on_stick) == system["sha512"]
     on_stick.unlink()
-    assert large_double.sha256(iso_extract(large_image.iso, SYSIMAGE, tmp_path / "iso.sqfs")) == system["sha256"]
+    from_iso = iso_extract(large_image.iso, SYSIMAGE, tmp_path / "iso.sqfs")
+    assert large_double.sha256(from_iso) == system["sha256"] and large_double.sha512(from_iso) == system["sha512"]
     # The media's initramfs does not carry the binary; the direct-boot one does (in its kubesolo layer).
     media_initramfs = fat_read(image, "/boot/initramfs")
     assert len(media_initramfs) < 64 * MIB
@@ -196,11 +198,11 @@ def test_damaged_system_image_stops_the_boot_with_an_error(built_image, medium, 
         changed.write_bytes(bytes(data))
         subprocess.run(["mcopy", "-o", "-i", target, str(changed), f"::{SYSIMAGE}"], check=True, env=MTOOLS_ENV,
                        timeout=60)
-        expected = (r"\[ERROR\] KubeSolo system image \S+ is corrupted or changed: SHA256 [0-9a-f]{64}, "
+        expected = (r"\[ERROR\] KubeSolo system image \S+ is corrupted or changed: SHA-512 [0-9a-f]{128}, "
                     r"this initramfs expects")
     vm = medium(damage, usb_disk=stick)
     vm.wait(expected, timeout=300, errors_fail=False)
-    # A missing file stops stage 20 at once; a corrupted one is found when its SHA256 (computed in the background
+    # A missing file stops stage 20 at once; a corrupted one is found when its SHA-512 (computed in the background
     # since stage 20) is compared in stage 90, before KubeSolo's arguments are even written.
     stage = "20-persistent-mount" if damage == "missing" else "90-kubesolo"
     vm.wait(rf"\[ERROR\] Stage {stage}\.sh failed", r"Emergency shell", timeout=120, errors_fail=False)
@@ -224,7 +226,7 @@ KSI_SYSIMAGE_INITRAMFS=$T/kubesolo.sqfs
 KSI_SYSIMAGE_MOUNT=$T/bin
 KSI_SYSIMAGE_BINARY=$T/bin/kubesolo
 KSI_SYSIMAGE_SIZE=$SIZE
-KSI_SYSIMAGE_SHA256=$SHA
+KSI_SYSIMAGE_SHA512=$SHA
 KSI_SYSIMAGE_WAIT=1
 KUBESOLO_SYSIMAGE=$SPEC
 ksi_sysimage_start || { echo "start failed"; return 0 2>/dev/null || exit 0; }
@@ -251,7 +253,7 @@ def sysimage_shell(built_image, tmp_path):
     def run(spec: str = "", *, size: int | None = None, digest: str | None = None) -> str:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KSI_LOG_CONSOLES": "", "LIBDIR": str(libdir),
                "T": str(tmp_path), "SPEC": spec, "SIZE": str(image.stat().st_size if size is None else size),
-               "SHA": large_double.sha256(image) if digest is None else digest}
+               "SHA": large_double.sha512(image) if digest is None else digest}
         result = subprocess.run([busybox, "sh", "-c", SYSIMAGE_SCRIPT], env=env, capture_output=True, text=True,
                                 timeout=60, check=False)
         return result.stdout + result.stderr
@@ -273,8 +275,8 @@ def test_sysimage_shell_verifies_then_mounts_read_only(sysimage_shell):
 
 @pytest.mark.parametrize(("case", "expected"), [
     ("size", r"\[ERROR\] KubeSolo system image \S+ is (\d+) bytes, this initramfs expects (\d+): the medium"),
-    ("digest", r"\[ERROR\] KubeSolo system image \S+ is corrupted or changed: SHA256 [0-9a-f]{64}, "
-               r"this initramfs expects f{64}"),
+    ("digest", r"\[ERROR\] KubeSolo system image \S+ is corrupted or changed: SHA-512 [0-9a-f]{128}, "
+               r"this initramfs expects f{128} "),
     ("spec", r"\[ERROR\] kubesolo\.sysimage=nonsense is not DEV:/PATH"),
     ("medium", r"\[ERROR\] Boot medium LABEL=NO-SUCH-MEDIUM \(holding the KubeSolo system image /boot/x\.sqfs\) "
                r"did not appear within 1s"),
@@ -284,7 +286,7 @@ def test_sysimage_shell_refuses_what_is_not_the_builds_image(sysimage_shell, cas
     size = image.stat().st_size
     out = {
         "size": lambda: run(size=size - 1),
-        "digest": lambda: run(digest="f" * 64),
+        "digest": lambda: run(digest="f" * 128),
         "spec": lambda: run("nonsense"),
         "medium": lambda: run("LABEL=NO-SUCH-MEDIUM:/boot/x.sqfs"),
     }[case]()
