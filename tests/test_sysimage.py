@@ -19,6 +19,7 @@ import pytest
 from conftest import BUILD_VARS, REPO, BuiltImage, ansible_playbook, ensure_ssh_key, role_defaults, vm_pool
 from contract import HANDOVER_MARKER
 from guest import assert_kubesolo_alive
+from loopdev import LoopDevices
 
 pytestmark = pytest.mark.slow
 
@@ -222,6 +223,7 @@ SYSIMAGE_SCRIPT = r'''
 . "$LIBDIR/functions.sh"
 . "$LIBDIR/system-image.sh"
 KSI_RUNDIR=$T/run
+KSI_SYSIMAGE_MEDIUM=$T/run/medium
 KSI_SYSIMAGE_INITRAMFS=$T/kubesolo.sqfs
 KSI_SYSIMAGE_MOUNT=$T/bin
 KSI_SYSIMAGE_BINARY=$T/bin/kubesolo
@@ -296,3 +298,45 @@ def test_sysimage_shell_refuses_what_is_not_the_builds_image(sysimage_shell, cas
         assert int(match.group(2)) == int(match.group(1)) - 1 == size - 1
     assert "finished" not in out
     assert not (mounted / "kubesolo").exists()
+
+
+def test_sysimage_shell_from_a_medium_restores_the_read_ahead(sysimage_shell, tmp_path):
+    """The boot media's path (kubesolo.sysimage=DEV:/PATH) on a real loop device with a file system: the
+    medium is mounted read-only, the image verified and mounted, and the disk's read-ahead, raised while the
+    image is hashed (init_sysimage_readahead_kb), is back to what it was."""
+    run, image, mounted = sysimage_shell
+    loops = LoopDevices(tmp_path, "medium")
+    try:
+        # ext4 made from a directory (this host's kernel has no vfat; the init mounts whatever the medium holds).
+        tree = tmp_path / "medium-tree"
+        (tree / "boot").mkdir(parents=True)
+        shutil.copyfile(image, tree / "boot" / "kubesolo.sqfs")
+        backing = tmp_path / "medium.img"
+        subprocess.run(["mkfs.ext4", "-q", "-L", "KSOLOBOOT", "-d", str(tree), str(backing), "64M"], check=True,
+                       capture_output=True, timeout=60)
+        device = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True, capture_output=True,
+                                text=True, timeout=60).stdout.strip()
+        loops.devices.append(device)
+        read_ahead = Path(f"/sys/block/{Path(device).name}/queue/read_ahead_kb")
+        read_ahead.write_text("96\n")
+        loops.mounts += [tmp_path / "run" / "medium", mounted]
+        out = run(f"{device}:/boot/kubesolo.sqfs")
+        assert "finished" in out and "[ERROR]" not in out, out
+        assert f"Boot medium {device} is {device}, mounted read-only" in out
+        assert re.search(rf"^{re.escape(device)} {re.escape(str(tmp_path / 'run' / 'medium'))} ext4 ro[,\s]",
+                         Path("/proc/mounts").read_text(), re.M)
+        assert (mounted / "kubesolo").read_text() == "#!/bin/sh\necho stand-in\n"
+        assert read_ahead.read_text().strip() == "96"
+        # The file the hash raises to init_sysimage_readahead_kb (busybox sh runs its own sha512sum applet, so
+        # nothing can stand in front of it to watch): the queue of the disk that holds the medium.
+        assert (tmp_path / "run" / "sysimage.blk").read_text().strip() == device
+        probe = subprocess.run([shutil.which("busybox"), "sh", "-c", '. "$LIBDIR/functions.sh"; '
+                                '. "$LIBDIR/system-image.sh"; KSI_RUNDIR=$T/run; ksi_sysimage_readahead_file'],
+                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KSI_LOG_CONSOLES": "",
+                                    "LIBDIR": str(REPO / "build" / "test" / "layers" / "init" / "usr" / "lib" /
+                                                  "kubesolo-os"), "T": str(tmp_path)},
+                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        assert Path(probe).resolve() == read_ahead.resolve()
+        assert role_defaults("init")["init_sysimage_readahead_kb"] > 128
+    finally:
+        loops.cleanup()
