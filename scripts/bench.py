@@ -562,7 +562,9 @@ def boot_medium(workdir: Path, name: str, timeout: float = 900, **medium: Path) 
         shutil.copyfile(spec.serial_log, workdir / f"last-{name}.log")
 
 
-def bench_large(out: Path, runs: int) -> dict[str, Any]:
+def bench_large(out: Path, runs: int, boot: bool = True) -> dict[str, Any]:
+    """Default build and ``runs`` no-op rebuilds of the large stand-in, then (unless ``boot`` is false:
+    ``--skip-boot``) its media boots."""
     large = Builder(out / "large")
     binary = large_double.build(out / "large" / "kubesolo")
     extra = ("-e", f"kubesolo_binary_src={binary}")
@@ -573,19 +575,23 @@ def bench_large(out: Path, runs: int) -> dict[str, Any]:
     for run in range(runs):
         noops.append(large.build(f"large-noop-{run}", *extra))
         log(f"  large no-op rebuild {noops[-1]['seconds']} s (changed={noops[-1]['changed']})")
+    result: dict[str, Any] = {
+        "build": {"seconds": build["seconds"], "changed": build["changed"]},
+        "noop": {"seconds": median(r["seconds"] for r in noops), "runs": noops},
+        "sysimage_bytes": sysimage_bytes(large),
+    }
+    if not boot:
+        return result
     workdir = out / "large" / "vm"
     workdir.mkdir(parents=True, exist_ok=True)
     iso = next(large.output.glob("kubesolo-os-*-amd64.iso"))
     raw_image = next(large.output.glob("kubesolo-os-*-amd64.img"))
     boots = media_boots(workdir, "large", large.output, runs)
-    result: dict[str, Any] = {
-        "build": {"seconds": build["seconds"], "changed": build["changed"]},
-        "noop": {"seconds": median(r["seconds"] for r in noops), "runs": noops},
-        "sysimage_bytes": sysimage_bytes(large),
+    result.update({
         "iso_bytes": iso.stat().st_size, "raw_image_bytes": raw_image.stat().st_size,
         "boots": {k: {"marker_s": median(r["marker_s"] for r in v), "in_use_mb": median(r["in_use_mb"] for r in v),
                       "shmem_mb": median(r["shmem_mb"] for r in v), "runs": v} for k, v in boots.items()},
-    }
+    })
     result["memory_in_use_mb"] = max(b["in_use_mb"] for b in result["boots"].values())
     return result
 
@@ -701,17 +707,22 @@ def markdown(results: dict[str, Any]) -> str:
         add("| figure | value |\n| --- | --- |")
         add(f"| default build | {g['build']['seconds']} s (changed {g['build']['changed']}) |")
         add(f"| no-op rebuild | {g['noop']['seconds']} s (changed {g['noop']['runs'][-1]['changed']}) |")
-        add(f"| system image / ISO / raw image | {mib(g['sysimage_bytes'])} / {mib(g['iso_bytes'])} / "
-            f"{mib(g['raw_image_bytes'])} |")
+        add(f"| system image / ISO / raw image | {mib(g['sysimage_bytes'])} / {mib(g.get('iso_bytes'))} / "
+            f"{mib(g.get('raw_image_bytes'))} |")
         for key, label in (("iso_cd", "ISO as CD"), ("usb_stick", "raw image as USB stick")):
+            if "boots" not in g:  # --only-large --skip-boot
+                break
             b = g["boots"][key]
             add(f"| {label}: QEMU start -> handover | {b['marker_s']} s |")
             add(f"| {label}: MemTotal - MemAvailable / Shmem at handover | {b['in_use_mb']} MB / {b['shmem_mb']} MB |")
         for key, label in (("iso_cd", "ISO as CD"), ("usb_stick", "raw image as USB stick")):
+            if "small_media" not in results:
+                break
             small = results["small_media"][key]
             add(f"| small stand-in, {label}: QEMU start -> handover / memory in use | {small['marker_s']} s / "
                 f"{small['in_use_mb']} MB |")
-        add(f"| large / small boot time (worst medium) | {g['boot_ratio']} |")
+        if "boot_ratio" in g:
+            add(f"| large / small boot time (worst medium) | {g['boot_ratio']} |")
     if "boot" in results:
         b, m = results["boot"], results["memory"]
         add("## Boot under QEMU TCG (direct kernel boot, 1 vCPU, "
@@ -759,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     }}
     builder = Builder(out)
     if args.only_large:
-        run_large(results, builder, out, runs)
+        run_large(results, builder, out, runs, boot=not args.skip_boot)
         return finish(results, out)
     if not args.skip_builds:
         results["builds"] = bench_builds(builder, runs)
@@ -781,7 +792,12 @@ def main(argv: list[str] | None = None) -> int:
     return finish(results, out)
 
 
-def run_large(results: dict[str, Any], builder: Builder, out: Path, runs: int) -> None:
+def run_large(results: dict[str, Any], builder: Builder, out: Path, runs: int, boot: bool = True) -> None:
+    """The large stand-in's figures; with ``boot`` false (``--only-large --skip-boot``) only its build and
+    no-op rebuilds (the small stand-in's build is needed only for the boot-time comparison)."""
+    if not boot:
+        results["large"] = bench_large(out, runs, boot=False)
+        return
     if not (builder.output / "initramfs").exists():
         builder.prepare_cold()
         builder.build("cold-only")
