@@ -30,8 +30,8 @@ description:
   - C(depmod) always runs with an empty configuration directory and under umask C(022), so neither the build host's
     C(/etc/depmod.d) nor its umask can change the result (the index files are C(0644)).
   - A record next to O(dest) (C(.<name>-kmod_closure.json)) keeps the result of the last run with a digest of its
-    inputs: the options, the identity (device, inode, size, modification and change time in nanoseconds) of every
-    file below the source C(lib/modules/<release>/) and below O(dest)C(/lib/modules/), and that of C(depmod). While
+    inputs (the options, the identity (device, inode, size, modification and change time in nanoseconds) of every
+    file below the source C(lib/modules/<release>/) and below O(dest)C(/lib/modules/), and that of C(depmod)). While
     that digest is unchanged the module returns the recorded result without reading, decompressing or indexing
     anything (a no-op build costs a directory walk); any change to the source kernel, the options, the module
     files or index in O(dest) (a rewrite changes a file's change time) makes it do the full work again.
