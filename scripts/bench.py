@@ -698,20 +698,25 @@ def markdown(results: dict[str, Any]) -> str:
         add("| figure | value |\n| --- | --- |")
         add(f"| default build | {g['build']['seconds']} s (changed {g['build']['changed']}) |")
         add(f"| no-op rebuild | {g['noop']['seconds']} s (changed {g['noop']['runs'][-1]['changed']}) |")
-        add(f"| system image / ISO / raw image | {mib(g['sysimage_bytes'])} / {mib(g['iso_bytes'])} / "
-            f"{mib(g['raw_image_bytes'])} |")
+        add(f"| system image / ISO / raw image | {mib(g['sysimage_bytes'])} / {mib(g.get('iso_bytes'))} / "
+            f"{mib(g.get('raw_image_bytes'))} |")
         for key, label in (("iso_cd", "ISO as CD"), ("usb_stick", "raw image as USB stick")):
+            if "boots" not in g:  # --only-large --skip-boot
+                break
             b = g["boots"][key]
             add(f"| {label}: QEMU start -> handover | {b['marker_s']} s |")
             add(f"| {label}: MemTotal - MemAvailable / Shmem at handover | {b['in_use_mb']} MB / {b['shmem_mb']} MB |")
         for key, label in (("iso_cd", "ISO as CD"), ("usb_stick", "raw image as USB stick")):
+            if "small_media" not in results:
+                break
             small = results["small_media"][key]
             add(f"| small stand-in, {label}: QEMU start -> handover / memory in use | {small['marker_s']} s / "
                 f"{small['in_use_mb']} MB |")
-        add(f"| large / small boot time (worst medium, ratio of the medians) | {g['boot_ratio']} |")
-        paired = g.get("boot_ratio_paired", {})
-        add(f"| large / small boot time, median of the back-to-back pairs: ISO as CD / USB stick | "
-            f"{paired.get('iso_cd')} / {paired.get('usb_stick')} |")
+        if "boot_ratio" in g:
+            add(f"| large / small boot time (worst medium, ratio of the medians) | {g['boot_ratio']} |")
+            paired = g.get("boot_ratio_paired", {})
+            add(f"| large / small boot time, median of the back-to-back pairs: ISO as CD / USB stick | "
+                f"{paired.get('iso_cd')} / {paired.get('usb_stick')} |")
     if "boot" in results:
         b, m = results["boot"], results["memory"]
         add("## Boot under QEMU TCG (direct kernel boot, 1 vCPU, "
@@ -759,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     }}
     builder = Builder(out)
     if args.only_large:
-        run_large(results, builder, out, runs)
+        run_large(results, builder, out, runs, boot=not args.skip_boot)
         return finish(results, out)
     if not args.skip_builds:
         results["builds"] = bench_builds(builder, runs)
@@ -781,11 +786,15 @@ def main(argv: list[str] | None = None) -> int:
     return finish(results, out)
 
 
-def run_large(results: dict[str, Any], builder: Builder, out: Path, runs: int) -> None:
-    if not (builder.output / "initramfs").exists():
+def run_large(results: dict[str, Any], builder: Builder, out: Path, runs: int, boot: bool = True) -> None:
+    """The large stand-in's figures; with ``boot`` false (``--only-large --skip-boot``) only its build and
+    no-op rebuilds (the small stand-in's build is needed only for the boot-time comparison)."""
+    if boot and not (builder.output / "initramfs").exists():
         builder.prepare_cold()
         builder.build("cold-only")
     results["large"], large_output = bench_large(out, runs)
+    if not boot:
+        return
     workdir = out / "large" / "vm"
     workdir.mkdir(parents=True, exist_ok=True)
     boots = media_boots(workdir, {"large": large_output, "small": builder.output}, runs)

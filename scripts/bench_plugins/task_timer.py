@@ -30,15 +30,17 @@ class CallbackModule(CallbackBase):
     def __init__(self) -> None:
         super().__init__()
         self._out = os.environ.get("BENCH_TASK_TIMES", "")
-        self._task: tuple[str, str] | None = None
+        self._task: tuple[str, str, str] | None = None
         self._start = 0.0
         self._changed = False
+        self._skipped = False
 
     def _flush(self) -> None:
         if self._task is None or not self._out:
             return
-        record = {"role": self._task[0], "task": self._task[1], "seconds": round(time.monotonic() - self._start, 3),
-                  "changed": self._changed}
+        record = {"role": self._task[0], "task": self._task[1], "action": self._task[2],
+                  "seconds": round(time.monotonic() - self._start, 3), "changed": self._changed,
+                  "skipped": self._skipped}
         with open(self._out, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self._task = None
@@ -46,13 +48,17 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
         self._flush()
         role = task._role.get_name() if task._role else ""
-        self._task = (role, task.get_name())
+        self._task = (role, task.get_name(), task.action)
         self._start = time.monotonic()
         self._changed = False
+        self._skipped = False
 
     def v2_runner_on_ok(self, result: Any) -> None:
         if result._result.get("changed"):
             self._changed = True
+
+    def v2_runner_on_skipped(self, result: Any) -> None:
+        self._skipped = True
 
     def v2_playbook_on_stats(self, stats: Any) -> None:
         self._flush()

@@ -26,10 +26,13 @@ class ActionModule(KubesoloAction):
                 raise AnsibleActionFail(f"files: every entry must be a dictionary, got {entry!r}")
             entry = dict(entry)
             template = entry.pop("template", None)
+            extra = entry.pop("vars", None) or {}
+            if not isinstance(extra, dict):
+                raise AnsibleActionFail(f"file {entry.get('path')}: vars must be a dictionary")
             if template is not None:
                 if entry.get("content") is not None or entry.get("src") is not None:
                     raise AnsibleActionFail(f"file {entry.get('path')}: give exactly one of content, src and template")
-                entry["content"] = self._render(str(template), str(entry.get("path", "")), task_vars)
+                entry["content"] = self._render(str(template), str(entry.get("path", "")), {**task_vars, **extra})
             files.append(entry)
         if "files" in args:
             args["files"] = files

@@ -105,8 +105,32 @@ options:
   dest:
     description:
       - Archive file to write. Its directory must exist.
+      - Required unless O(archives) is given.
     type: path
-    required: true
+  archives:
+    description:
+      - Several archives packed in one run (one module start instead of one per archive, which is most of the cost
+        of a no-op build), each exactly as O(src), O(entries), O(dest) and O(compression_level) would pack it; the
+        other options apply to each. Packed in order; one that fails stops the run, naming its O(archives[].dest),
+        and those before it are written.
+      - Mutually exclusive with O(src), O(entries) and O(dest). The result is then in RV(archives).
+    type: list
+    elements: dict
+    suboptions:
+      src:
+        description: As O(src).
+        type: path
+      entries:
+        description: As O(entries) (same keys, checked the same way).
+        type: list
+        elements: dict
+      dest:
+        description: As O(dest).
+        type: path
+        required: true
+      compression_level:
+        description: As O(compression_level); defaults to O(compression_level).
+        type: int
   mode:
     description:
       - Permission bits of O(dest), as an octal string. An integer is taken as already converted.
@@ -202,6 +226,22 @@ EXAMPLES = r"""
       - name: etc/hostname
         content: "kubesolo\n"
 
+- name: Pack several layers in one run
+  kubesolo.os.cpio_pack:
+    archives:
+      - src: /srv/build/layers/userland
+        dest: /srv/build/initramfs/userland.cpio.zst
+      - src: /srv/build/layers/init
+        dest: /srv/build/initramfs/init.cpio.zst
+        compression_level: 19
+        entries:
+          - name: init
+            type: symlink
+            target: sbin/init
+    compression: zstd
+    mtime: "{{ kubesolo_os_epoch }}"
+  register: packed  # packed.archives[N].sha256 ...
+
 - name: Uncompressed archive of extra entries only
   kubesolo.os.cpio_pack:
     dest: /tmp/early.cpio
@@ -255,6 +295,24 @@ packed:
   returned: always
   type: bool
   sample: false
+archives:
+  description:
+    - With O(archives), the result of each archive in order, with the keys above (RV(dest), RV(sha256), RV(size),
+      RV(uncompressed_size), RV(entries), RV(compression), RV(recompressed), RV(packed)) and C(changed). The
+      top-level keys other than C(changed) are then not returned.
+  returned: when O(archives) is given
+  type: list
+  elements: dict
+  sample:
+    - dest: /srv/build/initramfs/userland.cpio.zst
+      sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+      size: 8403712
+      uncompressed_size: 41670656
+      entries: 3258
+      compression: zstd
+      recompressed: false
+      packed: false
+      changed: false
 """
 
 import contextlib
@@ -266,6 +324,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.kubesolo.os.plugins.module_utils.buildutil import (
     parse_mode,
     read_state,
@@ -809,7 +868,18 @@ ARGUMENT_SPEC = {
             ["type", "block", ["major", "minor"]],
         ],
     },
-    "dest": {"type": "path", "required": True},
+    "dest": {"type": "path"},
+    "archives": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "src": {"type": "path"},
+            "entries": {"type": "list", "elements": "dict"},
+            "dest": {"type": "path", "required": True},
+            "compression_level": {"type": "int"},
+        },
+        "required_one_of": [["src", "entries"]],
+    },
     "mode": {"type": "raw", "default": "0644"},
     "mtime": {"type": "int"},
     "mtime_policy": {"type": "str", "default": "clamp", "choices": ["clamp", "fixed"]},
@@ -819,9 +889,9 @@ ARGUMENT_SPEC = {
 }
 
 
-def resolve(module: AnsibleModule) -> dict[str, Any]:
-    """Step 1: the checked inputs: file mode, mtime clamp, compression, and the archive's entries."""
-    params = module.params
+def resolve(module: AnsibleModule, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Step 1: the checked inputs: file mode, mtime clamp, compression, and the archive's entries (params: the
+    module's, or those of one of O(archives) merged into them)."""
     dest: str = params["dest"]
     compression: str = params["compression"]
     file_mode = parse_mode(params["mode"], "mode", CpioError)
@@ -895,13 +965,13 @@ def apply(module: AnsibleModule, inputs: dict[str, Any], work: dict[str, Any], b
     return changed
 
 
-def run_module() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_one_of=[["src", "entries"]], supports_check_mode=True)
-    dest: str = module.params["dest"]
-    result: dict[str, Any] = {"changed": False, "dest": dest, "compression": module.params["compression"]}
+def pack_one(module: AnsibleModule, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve, plan and apply one archive; its result (fails the module naming dest on an error)."""
+    dest: str = params["dest"]
+    result: dict[str, Any] = {"changed": False, "dest": dest, "compression": params["compression"]}
     work: dict[str, Any] | None = None
     try:
-        inputs = resolve(module)
+        inputs = resolve(module, params)
         work, before = plan(module, inputs)
         result.update({key: work[key] for key in ("sha256", "size", "uncompressed_size", "entries")})
         result["recompressed"] = work["path"] is not None
@@ -922,6 +992,42 @@ def run_module() -> None:
     finally:
         if work is not None and work["path"] is not None and os.path.exists(work["path"]):
             os.unlink(work["path"])
+    return result
+
+
+def archive_params(module: AnsibleModule, archive: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of one of O(archives): its own merged into the module's, its entries checked against the
+    same spec as O(entries)."""
+    params = {**module.params, "archives": None, "src": archive["src"], "dest": archive["dest"]}
+    if archive["compression_level"] is not None:
+        params["compression_level"] = archive["compression_level"]
+    validated = ArgumentSpecValidator({"entries": ARGUMENT_SPEC["entries"]}).validate(
+        {"entries": archive["entries"] or []})
+    if validated.error_messages:
+        module.fail_json(msg=f"archives: {archive['dest']}: {'; '.join(validated.error_messages)}",
+                         dest=archive["dest"])
+    params["entries"] = validated.validated_parameters["entries"]
+    return params
+
+
+def run_module() -> None:
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        required_one_of=[["src", "entries", "archives"], ["dest", "archives"]],
+        mutually_exclusive=[["archives", "src"], ["archives", "entries"], ["archives", "dest"]],
+        supports_check_mode=True,
+    )
+    if module.params["archives"] is None:
+        module.exit_json(**pack_one(module, module.params))
+    results, diffs = [], []
+    for archive in module.params["archives"]:
+        one = pack_one(module, archive_params(module, archive))
+        if "diff" in one:
+            diffs.append(one.pop("diff"))
+        results.append(one)
+    result: dict[str, Any] = {"changed": any(one["changed"] for one in results), "archives": results}
+    if module._diff:
+        result["diff"] = diffs
     module.exit_json(**result)
 
 

@@ -93,6 +93,12 @@ options:
             M(ansible.builtin.template)), rendered on the controller by the action plugin with the task's
             variables. The module itself receives the rendered text as O(files[].content).
         type: str
+      vars:
+        description:
+          - Variables for O(files[].template) only, on top of the task's (for example the medium a menu is
+            rendered for), so that one task renders the same template several times instead of a loop of tasks.
+          - Used by the action plugin; ignored without O(files[].template).
+        type: dict
   exclusive:
     description:
       - Directories below O(root) that must hold only the declared entries (directories, links and files declared
@@ -201,6 +207,7 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
         content=dict(type="str"),
         src=dict(type="path"),
         template=dict(type="str"),
+        vars=dict(type="dict"),
     )),
     exclusive=dict(type="list", elements="str", default=[]),
     absent=dict(type="list", elements="str", default=[]),

@@ -29,6 +29,12 @@ description:
     C(modules.dep), the module generates the index in a scratch directory (the source is not modified).
   - C(depmod) always runs with an empty configuration directory and under umask C(022), so neither the build host's
     C(/etc/depmod.d) nor its umask can change the result (the index files are C(0644)).
+  - A record next to O(dest) (C(.<name>-kmod_closure.json)) keeps the result of the last run with a digest of its
+    inputs (the options, the identity (device, inode, size, modification and change time in nanoseconds) of every
+    file below the source C(lib/modules/<release>/) and below O(dest)C(/lib/modules/), and that of C(depmod)). While
+    that digest is unchanged the module returns the recorded result without reading, decompressing or indexing
+    anything (a no-op build costs a directory walk); any change to the source kernel, the options, the module
+    files or index in O(dest) (a rewrite changes a file's change time) makes it do the full work again.
   - With O(compression=xz) or O(compression=zstd) the module files are stored compressed (C(.ko.xz), C(.ko.zst)) and
     C(depmod) indexes them under those names. C(modprobe) of kmod built with that compression decompresses them in
     userspace, so the kernel needs no C(CONFIG_MODULE_DECOMPRESS); busybox's C(modprobe) cannot load them.
@@ -63,6 +69,12 @@ options:
       - Root of the image tree; modules go to C(<dest>/lib/modules/<release>/).
     type: path
     required: true
+  remove_other_releases:
+    description:
+      - Remove everything in O(dest)C(/lib/modules/) other than the tree of this release (module trees of kernels
+        built before), so that the image holds one kernel's modules.
+    type: bool
+    default: false
   depmod:
     description:
       - Run C(depmod -b <dest> <release>) when the set changed (or its index is missing).
@@ -109,6 +121,7 @@ EXAMPLES = r"""
       - ip_vs_sh
     dest: build/layers/modules
     compression: zstd
+    remove_other_releases: true
   register: kmods
 
 - name: Show what the set holds
@@ -180,6 +193,19 @@ updated:
   type: list
   elements: str
   sample: []
+removed_releases:
+  description: Entries of O(dest)C(/lib/modules/) other than this release that were (or would be) removed
+    (with O(remove_other_releases)).
+  returned: always
+  type: list
+  elements: str
+  sample: [6.1.0-55-amd64]
+reused:
+  description: Whether the result was taken from the record of the previous run because no input changed
+    (nothing was read, compared or indexed).
+  returned: always
+  type: bool
+  sample: true
 depmod_changed:
   description: Whether C(depmod) ran and its output (or the copied built-in lists) differ from before.
   returned: always
@@ -189,6 +215,8 @@ depmod_changed:
 
 import fnmatch
 import gzip
+import hashlib
+import json
 import lzma
 import os
 import shutil
@@ -199,9 +227,11 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kubesolo.os.plugins.module_utils.buildutil import (
     makedirs,
+    read_state,
     run_checked,
     sha256_file,
     write_atomic,
+    write_state,
 )
 
 MODULE_DIRS = ("lib/modules", "usr/lib/modules")
@@ -551,6 +581,14 @@ def indexed_paths(destdir: str) -> list[str]:
         return [line.partition(":")[0].strip() for line in fh if ":" in line]
 
 
+def index_matches(destdir: str, relpaths: set[str]) -> bool:
+    """Whether destdir has a modules.dep that indexes exactly these module files (not damaged or stale)."""
+    try:
+        return set(indexed_paths(destdir)) == relpaths
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def snapshot(destdir: str) -> dict[str, str]:
     """sha256 of every top-level file of the module directory (the index files)."""
     result: dict[str, str] = {}
@@ -563,12 +601,79 @@ def snapshot(destdir: str) -> dict[str, str]:
     return result
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The record of the last run: its result, valid while the digest of every input is unchanged
+# ---------------------------------------------------------------------------------------------------------
+STATE_VERSION = 1
+# Result keys that describe the set (kept in the record); the others describe what a run did.
+STATE_RESULT_KEYS = ("release", "modules", "builtin", "missing", "softdeps_unresolved", "files", "size", "stored_size")
+
+
+def state_path(dest: str) -> str:
+    """The record of dest's last run: next to dest (never inside it: dest is packed into the image)."""
+    return os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}-kmod_closure.json")
+
+
+def update_tree_identity(digest: Any, label: str, top: str) -> None:
+    """Feed digest every entry below top (not following symlinks) with its type and identity: device, inode,
+    size, modification and change time in ns (a rewrite, replacement, chmod or touch changes one of them),
+    and a symlink's target."""
+    digest.update(f"tree {label} {top}\n".encode())
+    if not os.path.isdir(top):
+        digest.update(b"absent\n")
+        return
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, top)
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            target = os.readlink(path) if os.path.islink(path) else ""
+            digest.update(f"{rel}/{name}\0{st.st_mode} {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} "
+                          f"{st.st_ctime_ns}\0{target}\n".encode("utf-8", "surrogateescape"))
+        for name in dirnames:
+            st = os.lstat(os.path.join(dirpath, name))
+            digest.update(f"{rel}/{name}/\0{st.st_mode}\n".encode("utf-8", "surrogateescape"))
+
+
+def program_identity(module: AnsibleModule, name: str, opt_dirs: list[str]) -> str:
+    """Path and identity of a program the result depends on (an upgraded depmod may index differently)."""
+    path = module.get_bin_path(name, opt_dirs=opt_dirs)
+    if not path:
+        return f"{name} absent"
+    st = os.stat(path)
+    return f"{name} {os.path.realpath(path)} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+
+def inputs_digest(module: AnsibleModule, srcdir: str, release: str, dest: str) -> str:
+    """Digest of everything the result depends on: the options, the source module directory (index files and
+    modules), everything below dest/lib/modules (the set, its index, trees of other releases) and depmod."""
+    params = {key: module.params[key] for key in ARGUMENT_SPEC}
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"version": STATE_VERSION, "params": params, "srcdir": srcdir, "release": release},
+                             sort_keys=True).encode())
+    digest.update(program_identity(module, "depmod", DEPMOD_EXTRA_DIRS).encode())
+    update_tree_identity(digest, "source", srcdir)
+    update_tree_identity(digest, "dest", os.path.join(dest, "lib", "modules"))
+    return digest.hexdigest()
+
+
+def recorded_result(dest: str, inputs: str) -> dict[str, Any] | None:
+    """The recorded result when the record was written for exactly these inputs."""
+    state = read_state(state_path(dest))
+    if state is None or state.get("inputs") != inputs or not isinstance(state.get("result"), dict):
+        return None
+    result = state["result"]
+    return result if all(key in result for key in STATE_RESULT_KEYS) else None
+
+
 ARGUMENT_SPEC = {
     "root": {"type": "path", "required": True},
     "release": {"type": "str"},
     "modules": {"type": "list", "elements": "str", "default": []},
     "optional": {"type": "list", "elements": "str", "default": []},
     "dest": {"type": "path", "required": True},
+    "remove_other_releases": {"type": "bool", "default": False},
     "depmod": {"type": "bool", "default": True},
     "compression": {"type": "str", "default": "none", "choices": list(COMPRESSION_SUFFIX)},
 }
@@ -632,6 +737,10 @@ def plan(module: AnsibleModule, index: KmodIndex, srcdir: str, destdir: str, clo
             needed_dirs.add(parent)
             parent = os.path.dirname(parent)
     meta = desired_meta(srcdir, set(sources.values()))
+    releases_dir = os.path.dirname(destdir)
+    other_releases = []
+    if module.params["remove_other_releases"] and os.path.isdir(releases_dir) and not os.path.islink(releases_dir):
+        other_releases = sorted(entry for entry in os.listdir(releases_dir) if entry != os.path.basename(destdir))
     work = {
         "compression": compression,
         "sources": sources,
@@ -643,9 +752,11 @@ def plan(module: AnsibleModule, index: KmodIndex, srcdir: str, destdir: str, clo
         "meta": meta,
         "meta_changed": sorted(name for name, data in meta.items() if read_bytes(os.path.join(destdir, name)) != data),
     }
-    work["files_changed"] = bool(work["added"] or work["updated"] or work["removed"] or work["stale_dirs"])
+    work["other_releases"] = other_releases
+    work["files_changed"] = bool(work["added"] or work["updated"] or work["removed"] or work["stale_dirs"]
+                                 or other_releases)
     work["need_depmod"] = module.params["depmod"] and (
-        work["files_changed"] or work["meta_changed"] or not os.path.exists(os.path.join(destdir, "modules.dep"))
+        work["files_changed"] or work["meta_changed"] or not index_matches(destdir, set(sources))
     )
     return work
 
@@ -653,6 +764,12 @@ def plan(module: AnsibleModule, index: KmodIndex, srcdir: str, destdir: str, clo
 def apply(module: AnsibleModule, work: dict[str, Any], srcdir: str, dest: str, destdir: str, release: str) -> bool:
     """Step 3: remove, write (compressed in parallel, atomically) and re-index; returns whether depmod changed
     the index files. Fails when depmod left a module file out of its index."""
+    for entry in work["other_releases"]:
+        path = os.path.join(os.path.dirname(destdir), entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
     for rel in work["removed"]:
         path = os.path.join(destdir, rel)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -705,9 +822,16 @@ def run_module() -> None:
         module.fail_json(msg=f"root {root} is not a directory")
 
     release, srcdir = find_release(module, root, params["release"])
+    destdir = os.path.join(dest, "lib", "modules", release)
+    inputs = inputs_digest(module, srcdir, release, dest)
+    known = recorded_result(dest, inputs)
+    if known is not None:
+        module.exit_json(
+            changed=False, reused=True, added=[], removed=[], updated=[], removed_releases=[], depmod_changed=False,
+            **{key: known[key] for key in STATE_RESULT_KEYS},
+        )
     index = load_source_index(module, srcdir, release)
     closed, builtin, missing, unresolved = resolve(module, index, release)
-    destdir = os.path.join(dest, "lib", "modules", release)
     work = plan(module, index, srcdir, destdir, closed)
     sources = work["sources"]
 
@@ -728,6 +852,8 @@ def run_module() -> None:
         "added": work["added"],
         "removed": work["removed"],
         "updated": work["updated"],
+        "removed_releases": work["other_releases"],
+        "reused": False,
         "depmod_changed": bool(work["meta_changed"]) or bool(work["need_depmod"]),
         "diff": {
             "before_header": f"{destdir} (modules)",
@@ -742,6 +868,9 @@ def run_module() -> None:
     result["depmod_changed"] = apply(module, work, srcdir, dest, destdir, release)
     result["stored_size"] = sum(os.path.getsize(os.path.join(destdir, rel)) for rel in sources)
     result["changed"] = work["files_changed"] or result["depmod_changed"]
+    # Recorded last, with the digest of dest as it is now: the next run with the same inputs reuses the result.
+    write_state(state_path(dest), {"inputs": inputs_digest(module, srcdir, release, dest),
+                                   "result": {key: result[key] for key in STATE_RESULT_KEYS}}, mkdir=True)
     module.exit_json(**result)
 
 

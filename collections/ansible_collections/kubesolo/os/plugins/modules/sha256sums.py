@@ -28,10 +28,19 @@ options:
     type: path
     required: true
   files:
-    description: File names (relative to O(path), without directories) to checksum. Each must exist.
+    description: File names (relative to O(path), without directories) to checksum. Each must exist (a regular
+      file, or a symlink to one), unless O(missing=report).
     type: list
     elements: str
     required: true
+  missing:
+    description:
+      - What a name of O(files) that is not a regular file in O(path) does. V(fail) fails the task naming it;
+        V(report) leaves it out of RV(files) and lists it in RV(missing) (the caller decides, with its own message,
+        so that a single run both looks at and checksums a file). V(report) cannot be combined with O(dest).
+    type: str
+    choices: [fail, report]
+    default: fail
   dest:
     description: The checksum list to write (for example C(SHA256SUMS) in O(path)). Not written when omitted.
     type: path
@@ -73,6 +82,13 @@ files:
   returned: always
   type: dict
   sample: {kubesolo-os.iso: {sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, size: 24313856}}
+missing:
+  description: Names of O(files) that are not regular files in O(path) (only with O(missing=report); else the task
+    fails).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 hashed:
   description: Names of the files that were hashed in this run (the others came from O(cache)).
   returned: always
@@ -107,6 +123,7 @@ def main() -> None:
             dest=dict(type="path"),
             cache=dict(type="path"),
             mode=dict(type="raw", default="0644"),
+            missing=dict(type="str", default="fail", choices=["fail", "report"]),
         ),
         supports_check_mode=True,
     )
@@ -119,13 +136,17 @@ def main() -> None:
         if not name or "/" in name:
             module.fail_json(msg=f"files: {name!r} must be a plain file name in {params['path']}")
     missing = [n for n in params["files"] if not os.path.isfile(os.path.join(params["path"], n))]
-    if missing:
+    if params["missing"] == "report" and params["dest"]:
+        module.fail_json(msg="missing=report cannot be combined with dest (the list would leave files out)")
+    if missing and params["missing"] == "fail":
         module.fail_json(msg=f"missing from {params['path']}: {', '.join(missing)}", missing=missing)
     cache = load_cache(params["cache"])
     new_cache: dict[str, Any] = {}
     files: dict[str, dict[str, Any]] = {}
     hashed: list[str] = []
     for name in params["files"]:
+        if name in missing:
+            continue
         path = os.path.join(params["path"], name)
         st = os.stat(path)
         identity = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
@@ -137,7 +158,7 @@ def main() -> None:
             hashed.append(name)
         new_cache[path] = [identity, digest]
         files[name] = {"sha256": digest, "size": st.st_size}
-    result: dict[str, Any] = {"changed": False, "files": files, "hashed": hashed}
+    result: dict[str, Any] = {"changed": False, "files": files, "hashed": hashed, "missing": missing}
     if params["dest"]:
         text = "".join(f"{files[n]['sha256']}  {n}\n" for n in params["files"])
         dest = params["dest"]

@@ -688,3 +688,58 @@ def test_module_unchanged_inputs_cost_no_io(
     os.utime(dest)
     rc, fourth = run_module(layer, capsys, tmp_path)
     assert rc == 0 and fourth["changed"] is False and fourth["sha256"] == third["sha256"]
+
+
+def test_module_archives_pack_each_as_alone(
+    layer: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """archives: several archives in one run, each byte-identical to the archive its own run would write, with
+    per-archive entries and level; a changed input of one repacks that one only."""
+    other = make_tree(tmp_path / "src2")
+    (other / "only-here").write_text("second layer\n")
+    extra = [{"name": "init", "type": "symlink", "target": "sbin/init"}]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    run_module({**layer, "dest": str(alone / "a.cpio.zst")}, capsys, tmp_path)
+    run_module({**layer, "src": str(other), "dest": str(alone / "b.cpio.zst"), "entries": extra,
+                "compression_level": 9}, capsys, tmp_path)
+    archives = [{"src": layer["src"], "dest": str(tmp_path / "a.cpio.zst")},
+                {"src": str(other), "dest": str(tmp_path / "b.cpio.zst"), "entries": extra, "compression_level": 9}]
+    args = {"archives": archives, "mtime": EPOCH, "compression_level": 3}
+    rc, first = run_module(args, capsys, tmp_path)
+    assert rc == 0 and first["changed"] is True, first
+    assert [one["dest"] for one in first["archives"]] == [a["dest"] for a in archives]
+    for name in ("a.cpio.zst", "b.cpio.zst"):
+        assert (tmp_path / name).read_bytes() == (alone / name).read_bytes(), name
+    assert first["archives"][1]["sha256"] == hashlib.sha256((tmp_path / "b.cpio.zst").read_bytes()).hexdigest()
+
+    def no_io(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("an unchanged archive was written or hashed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cp, "write_archive", no_io)
+        patched.setattr(cp, "sha256_file", no_io)
+        rc, second = run_module(args, capsys, tmp_path)
+    assert rc == 0 and second["changed"] is False
+    assert [one["packed"] for one in second["archives"]] == [False, False]
+    (other / "only-here").write_text("changed\n")
+    rc, third = run_module(args, capsys, tmp_path)
+    assert rc == 0 and third["changed"] is True
+    assert [one["changed"] for one in third["archives"]] == [False, True]
+
+
+def test_module_archives_errors_name_the_archive(
+    layer: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bad_entry = {"archives": [{"dest": str(tmp_path / "x.cpio"), "entries": [{"name": "x", "type": "symlink"}]}]}
+    rc, result = run_module(bad_entry, capsys, tmp_path)
+    assert rc == 1 and "x.cpio" in result["msg"] and "target" in result["msg"]
+    rc, result = run_module({**layer, "archives": [{"src": layer["src"], "dest": layer["dest"]}]}, capsys, tmp_path)
+    assert rc == 1 and "mutually exclusive" in result["msg"]
+    rc, result = run_module({"archives": [{"dest": str(tmp_path / "y.cpio")}]}, capsys, tmp_path)
+    assert rc == 1 and "src, entries" in result["msg"]
+    missing = {"archives": [{"src": layer["src"], "dest": str(tmp_path / "ok.cpio.zst")},
+                            {"src": layer["src"], "dest": str(tmp_path / "no" / "z.cpio.zst")}]}
+    rc, result = run_module(missing, capsys, tmp_path)
+    assert rc == 1 and "no" in result["msg"] and "does not exist" in result["msg"]
+    assert (tmp_path / "ok.cpio.zst").is_file()  # those before the failing one are written

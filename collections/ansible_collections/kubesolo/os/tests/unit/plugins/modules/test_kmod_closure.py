@@ -438,3 +438,99 @@ def test_real_debian_kernel_zstd_set_is_indexed_by_depmod(tmp_path: Path, real_k
             text=True,
         ).stdout
         assert "libcrc32c.ko.zst" in out and "nf_conntrack.ko.zst" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The record of the last run: a no-op reuses the result; any changed input does the full work again
+# ---------------------------------------------------------------------------------------------------------
+def test_unchanged_inputs_reuse_the_recorded_result(
+    tmp_path: Path, depmod_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_kernel(tmp_path / "src")
+    args = {"root": str(tmp_path / "src"), "modules": ["alpha"], "dest": str(tmp_path / "img")}
+    first = run(**args)
+    assert first["reused"] is False
+    assert (tmp_path / ".img-kmod_closure.json").is_file()
+    assert not list((tmp_path / "img").rglob("*kmod_closure*"))  # the record is not part of the layer
+
+    def no_work(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the source index was loaded although no input changed")
+
+    monkeypatch.setattr(kmod_closure, "load_source_index", no_work)
+    again = run(**args)
+    assert again["reused"] is True and again["changed"] is False
+    assert depmod_calls == [str(tmp_path / "img")]
+    for key in kmod_closure.STATE_RESULT_KEYS:
+        assert again[key] == first[key], key
+    assert run(check_mode=True, **args)["reused"] is True
+
+
+def test_changed_source_module_is_copied_again(tmp_path: Path, depmod_calls: list[str]) -> None:
+    moddir = make_kernel(tmp_path / "src")
+    args = {"root": str(tmp_path / "src"), "modules": ["alpha"], "dest": str(tmp_path / "img")}
+    run(**args)
+    source = moddir / "kernel/net/beta.ko"
+    mtime = source.stat().st_mtime_ns
+    source.write_bytes(b"BETA")  # same size, same mtime: only the change time tells
+    os.utime(source, ns=(mtime, mtime))
+    res = run(**args)
+    assert res["reused"] is False and res["changed"] is True
+    assert res["updated"] == ["kernel/net/beta.ko"]
+    assert (tmp_path / "img" / "lib" / "modules" / REL / "kernel/net/beta.ko").read_bytes() == b"BETA"
+    assert len(depmod_calls) == 2
+    assert run(**args)["reused"] is True
+
+
+def test_changed_module_list_or_option_rebuilds(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    args: dict[str, Any] = {"root": str(tmp_path / "src"), "modules": ["beta"], "dest": str(tmp_path / "img")}
+    run(**args)
+    res = run(**{**args, "modules": ["beta", "gamma"]})
+    assert res["reused"] is False and res["added"] == ["kernel/lib/gamma.ko"]
+    res = run(**{**args, "modules": ["beta", "gamma"], "compression": "xz"})
+    assert res["reused"] is False and sorted(res["added"]) == ["kernel/lib/gamma.ko.xz", "kernel/net/beta.ko.xz"]
+    # A new index file in the source (a kernel package that ships modules.dep after all) is an input too.
+    res = run(**{**args, "modules": ["delta"], "compression": "xz"})
+    assert res["reused"] is False and res["modules"] == ["delta"]
+
+
+def test_touched_destination_is_repaired(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    args = {"root": str(tmp_path / "src"), "modules": ["alpha"], "dest": str(tmp_path / "img")}
+    run(**args)
+    destdir = tmp_path / "img" / "lib" / "modules" / REL
+    (destdir / "kernel/lib/gamma.ko").unlink()
+    res = run(**args)
+    assert res["reused"] is False and res["added"] == ["kernel/lib/gamma.ko"]
+    (destdir / "modules.dep").write_text("damaged\n")
+    res = run(**args)
+    assert res["reused"] is False and res["changed"] is True
+    assert "kernel/lib/gamma.ko" in (destdir / "modules.dep").read_text()
+    (destdir / "kernel" / "extra").mkdir()
+    res = run(**args)
+    assert res["reused"] is False and res["changed"] is True and not (destdir / "kernel" / "extra").exists()
+    # A damaged record is only a cache: the full work is done again.
+    (tmp_path / ".img-kmod_closure.json").write_text("{not json")
+    res = run(**args)
+    assert res["reused"] is False and res["changed"] is False
+    assert run(**args)["reused"] is True
+
+
+def test_remove_other_releases(tmp_path: Path, depmod_calls: list[str]) -> None:
+    make_kernel(tmp_path / "src")
+    old = tmp_path / "img" / "lib" / "modules" / "1.0.0-old"
+    (old / "kernel").mkdir(parents=True)
+    (old / "kernel" / "x.ko").write_bytes(b"x")
+    args = {"root": str(tmp_path / "src"), "modules": ["beta"], "dest": str(tmp_path / "img")}
+    assert run(**args)["removed_releases"] == []  # kept unless asked
+    assert old.is_dir()
+    res = run(check_mode=True, remove_other_releases=True, **args)
+    assert res["changed"] is True and res["removed_releases"] == ["1.0.0-old"] and old.is_dir()
+    res = run(remove_other_releases=True, **args)
+    assert res["changed"] is True and res["removed_releases"] == ["1.0.0-old"] and not old.exists()
+    assert run(remove_other_releases=True, **args)["reused"] is True
+    # A tree of another release appearing later is an input change: removed by the next run.
+    (old.parent / "2.0.0-later").mkdir()
+    res = run(remove_other_releases=True, **args)
+    assert res["reused"] is False and res["removed_releases"] == ["2.0.0-later"]
+    assert sorted(p.name for p in old.parent.iterdir()) == [REL]

@@ -78,3 +78,18 @@ def test_file_rewritten_in_place_is_hashed_again(tmp_path: Path, capsys: pytest.
     assert second["hashed"] == ["kubesolo"]
     fresh = second["files"]["kubesolo"]["sha256"]
     assert fresh == digest(tmp_path / "kubesolo") != first["files"]["kubesolo"]["sha256"]
+
+
+def test_missing_report_lists_instead_of_failing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "kubesolo").write_bytes(b"binary")
+    (tmp_path / "adir").mkdir()
+    args = {"path": str(tmp_path), "files": ["kubesolo", "absent", "adir"], "missing": "report",
+            "cache": str(tmp_path / "state.json")}
+    result = run_module(args, capsys)
+    assert result.get("failed") is not True
+    assert result["missing"] == ["absent", "adir"]
+    assert result["files"] == {"kubesolo": {"sha256": digest(tmp_path / "kubesolo"), "size": 6}}
+    # The default still fails, naming what is missing; report with dest is refused (the list would be partial).
+    assert "absent" in run_module({**args, "missing": "fail"}, capsys)["msg"]
+    refused = run_module({**args, "dest": str(tmp_path / "SUMS")}, capsys)
+    assert refused["failed"] is True and "dest" in refused["msg"] and not (tmp_path / "SUMS").exists()
