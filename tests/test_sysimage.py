@@ -349,3 +349,14 @@ def test_sysimage_shell_from_a_medium_restores_the_read_ahead(sysimage_shell, tm
         assert role_defaults("init")["init_sysimage_readahead_kb"] > 128
     finally:
         loops.cleanup()
+
+
+def test_init_hashes_with_the_userlands_gnu_sha512sum(built_image):
+    """The init verifies the system image with GNU sha512sum (1.5x faster than the busybox applet, which busybox
+    sh would run for a bare `sha512sum`): the path it calls is a real ELF program in the userland layer."""
+    path = role_defaults("init")["init_sysimage_sha512sum"]
+    tool = REPO / "build" / "test" / "layers" / "userland" / path.lstrip("/")
+    assert tool.is_file() and not tool.is_symlink(), f"{path} is not a program of its own in the userland layer"
+    assert tool.read_bytes()[:4] == b"\x7fELF"
+    script = REPO / "build" / "test" / "layers" / "init" / "usr" / "lib" / "kubesolo-os" / "system-image.sh"
+    assert f"KSI_SYSIMAGE_SHA512SUM={path}\n" in script.read_text()
