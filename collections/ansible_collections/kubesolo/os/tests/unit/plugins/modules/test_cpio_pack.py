@@ -498,6 +498,20 @@ def run_module(args: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_pat
     return int(exit_info.value.code or 0), json.loads(capsys.readouterr().out)
 
 
+def run_module_without_io(
+    args: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, dict[str, Any]]:
+    """run_module with archive writing and hashing forbidden: a no-op run that reaches either fails the test."""
+
+    def no_io(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("an unchanged archive was written or hashed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cp, "write_archive", no_io)
+        patched.setattr(cp, "sha256_file", no_io)
+        return run_module(args, capsys, tmp_path)
+
+
 @pytest.fixture
 def layer(tmp_path: Path) -> dict[str, Any]:
     src = make_tree(tmp_path / "src")
@@ -660,13 +674,7 @@ def test_module_unchanged_inputs_cost_no_io(
     assert rc == 0 and first["changed"] is True
     dest = Path(layer["dest"])
 
-    def no_io(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("an unchanged layer was written or hashed again")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(cp, "write_archive", no_io)
-        patched.setattr(cp, "sha256_file", no_io)
-        rc, second = run_module(layer, capsys, tmp_path)
+    rc, second = run_module_without_io(layer, capsys, tmp_path, monkeypatch)
     assert rc == 0 and second["changed"] is False and second["recompressed"] is False
     assert first["packed"] is True and second["packed"] is False
     assert second["sha256"] == first["sha256"] == hashlib.sha256(dest.read_bytes()).hexdigest()
@@ -713,13 +721,7 @@ def test_module_archives_pack_each_as_alone(
         assert (tmp_path / name).read_bytes() == (alone / name).read_bytes(), name
     assert first["archives"][1]["sha256"] == hashlib.sha256((tmp_path / "b.cpio.zst").read_bytes()).hexdigest()
 
-    def no_io(*_args: Any, **_kwargs: Any) -> Any:
-        raise AssertionError("an unchanged archive was written or hashed again")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(cp, "write_archive", no_io)
-        patched.setattr(cp, "sha256_file", no_io)
-        rc, second = run_module(args, capsys, tmp_path)
+    rc, second = run_module_without_io(args, capsys, tmp_path, monkeypatch)
     assert rc == 0 and second["changed"] is False
     assert [one["packed"] for one in second["archives"]] == [False, False]
     (other / "only-here").write_text("changed\n")
