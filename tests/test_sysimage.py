@@ -261,11 +261,12 @@ def sysimage_shell(built_image, tmp_path):
     libdir = REPO / "build" / "test" / "layers" / "init" / "usr" / "lib" / "kubesolo-os"
     mounted = tmp_path / "bin"
 
-    def run(spec: str = "", *, size: int | None = None, digest: str | None = None) -> str:
+    def run(spec: str = "", *, size: int | None = None, digest: str | None = None,
+            script: str = SYSIMAGE_SCRIPT) -> str:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KSI_LOG_CONSOLES": "", "LIBDIR": str(libdir),
                "T": str(tmp_path), "SPEC": spec, "SIZE": str(image.stat().st_size if size is None else size),
                "SHA": large_double.sha512(image) if digest is None else digest}
-        result = subprocess.run([busybox, "sh", "-c", SYSIMAGE_SCRIPT], env=env, capture_output=True, text=True,
+        result = subprocess.run([busybox, "sh", "-c", script], env=env, capture_output=True, text=True,
                                 timeout=60, check=False)
         return result.stdout + result.stderr
 
@@ -339,12 +340,8 @@ def test_sysimage_shell_from_a_medium_restores_the_read_ahead(sysimage_shell, tm
         # The file the hash raises to init_sysimage_readahead_kb (busybox sh runs its own sha512sum applet, so
         # nothing can stand in front of it to watch): the queue of the disk that holds the medium.
         assert (tmp_path / "run" / "sysimage.blk").read_text().strip() == device
-        probe = subprocess.run([shutil.which("busybox"), "sh", "-c", '. "$LIBDIR/functions.sh"; '
-                                '. "$LIBDIR/system-image.sh"; KSI_RUNDIR=$T/run; ksi_sysimage_readahead_file'],
-                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KSI_LOG_CONSOLES": "",
-                                    "LIBDIR": str(REPO / "build" / "test" / "layers" / "init" / "usr" / "lib" /
-                                                  "kubesolo-os"), "T": str(tmp_path)},
-                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        probe = run(script='. "$LIBDIR/functions.sh"; . "$LIBDIR/system-image.sh"; KSI_RUNDIR=$T/run\n'
+                           'ksi_sysimage_readahead_file').strip()
         assert Path(probe).resolve() == read_ahead.resolve()
         assert role_defaults("init")["init_sysimage_readahead_kb"] > 128
     finally:
